@@ -1,0 +1,41 @@
+# Two commands from a fresh machine: `make serve` and `make test`. Everything else is a step of those.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= artifacts/model.safetensors
+PORT ?= 8000
+
+.PHONY: setup data model serve test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+data: setup
+	@bash scripts/get-dataset.sh $(PY)
+
+$(MODEL):
+	$(MAKE) data
+	$(PY) -m training --out $(MODEL)
+
+model: setup $(MODEL)
+
+serve: model
+	FASHION_MODEL_PATH=$(MODEL) $(VENV)/bin/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) --no-access-log
+
+test: data
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: model
+	$(PY) bench/training.py
+
+clean:
+	rm -rf $(VENV) artifacts/*.safetensors artifacts/*.png

@@ -1,0 +1,117 @@
+"""Image bytes to the 28x28 uint8 pixels the model expects: FashionMNIST's look, from any real photo."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedMediaType
+from models import IMAGE_SIDE
+
+SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class InvertMode(StrEnum):
+    AUTO = "auto"
+    TRUE = "true"
+    FALSE = "false"
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: torch.Tensor  # uint8, 28 x 28, light object on dark background
+    format: str
+    width: int
+    height: int
+    inverted: bool
+
+
+def decode_image(data: bytes, *, invert: InvertMode = InvertMode.AUTO, max_pixels: int = 40_000_000) -> DecodedImage:
+    """Decide the format from the bytes, refuse bombs before decoding, and fit the first frame into 28x28."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from None
+    except Exception as exc:  # a header Pillow recognised but could not parse
+        raise InvalidImage(f"corrupt image header: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"image declares {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+    try:
+        pixels, inverted = _to_model_pixels(image, invert)
+    except Exception as exc:  # truncated data, bad chunks, broken EXIF: all the client's bytes
+        raise InvalidImage(f"could not decode the {image.format} image: {exc}") from None
+    return DecodedImage(pixels=pixels, format=str(image.format), width=width, height=height, inverted=inverted)
+
+
+def _to_model_pixels(image: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
+    if image.format in ("JPEG", "MPO"):
+        # Decode luma only, at the smallest DCT scale still at least 4x the target: far less work.
+        image.draft("L", (IMAGE_SIDE * 4, IMAGE_SIDE * 4))
+    image = ImageOps.exif_transpose(image) or image
+    gray = to_grayscale(image)
+    if gray.size != (IMAGE_SIDE, IMAGE_SIDE):
+        gray = gray.resize(_contained_size(gray.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    fitted = torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width)
+    should_invert = invert == InvertMode.TRUE or (invert == InvertMode.AUTO and has_light_background(fitted))
+    if should_invert:
+        fitted = 255 - fitted
+    return pad_to_square(fitted), should_invert
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit grayscale; transparency is composited over white, as viewers show it."""
+    if image.mode == "L":
+        return image
+    if image.mode in SIXTEEN_BIT_MODES:
+        # convert("L") would clip 16-bit values at 255; scale them down instead.
+        return image.convert("I").point(lambda value: value / 257).convert("L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode in ("CMYK", "YCbCr", "LAB", "HSV", "F", "1"):
+        image = image.convert("RGB") if image.mode not in ("F", "1") else image
+    return image.convert("L")
+
+
+def has_light_background(pixels: torch.Tensor) -> bool:
+    """FashionMNIST is light-on-dark; a photo on a white table is the opposite. Judge by the border."""
+    border = torch.cat((pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]))
+    return bool(border.float().mean() > 127)
+
+
+def pad_to_square(pixels: torch.Tensor) -> torch.Tensor:
+    """Centre a (h, w) image with h, w <= 28 on a dark 28x28 canvas."""
+    height, width = pixels.shape
+    if (height, width) == (IMAGE_SIDE, IMAGE_SIDE):
+        return pixels
+    canvas = torch.zeros(IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8)
+    top, left = (IMAGE_SIDE - height) // 2, (IMAGE_SIDE - width) // 2
+    canvas[top : top + height, left : left + width] = pixels
+    return canvas
+
+
+def _contained_size(size: tuple[int, int]) -> tuple[int, int]:
+    width, height = size
+    scale = IMAGE_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def pixels_to_png(pixels: torch.Tensor) -> bytes:
+    """The 28x28 image the model saw, as PNG bytes (for return_input)."""
+    image = Image.frombytes("L", (IMAGE_SIDE, IMAGE_SIDE), bytes(pixels.flatten().tolist()))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,38 @@
+"""Liveness, readiness and metrics: open to probes even when an API key is set."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.errors import NotReady
+from app.schemas import ErrorResponse, Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is alive and answering."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": ErrorResponse, "description": "not ready, with the reason"}},
+)
+async def readyz(request: Request) -> Readiness:
+    """The model is loaded and warmed up; 503 with the reason otherwise."""
+    service = request.app.state.service
+    if service is None:
+        raise NotReady(request.app.state.not_ready_reason, headers={"Retry-After": "5"})
+    return Readiness(status="ready", model_version=service.predictor.version, device=str(service.predictor.device))
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    if state.service is not None and state.service.batcher is not None:
+        state.metrics.queue_depth.set(state.service.batcher.queued_images)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

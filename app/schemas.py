@@ -1,0 +1,84 @@
+"""Request and response bodies, as the OpenAPI schema shows them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unsupported_media_type"])
+    message: str = Field(examples=["not an image in a supported format (PNG, JPEG, WEBP, BMP, GIF, TIFF)"])
+    request_id: str | None = Field(None, examples=["6f1c2e0a9b3d4c5e"])
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ClassProbability(BaseModel):
+    class_index: int = Field(examples=[9])
+    class_name: str = Field(examples=["Ankle boot"])
+    probability: float = Field(examples=[0.97])
+
+
+class Prediction(BaseModel):
+    filename: str | None = Field(None, examples=["boot.png"])
+    class_index: int = Field(examples=[9])
+    class_name: str = Field(examples=["Ankle boot"])
+    probabilities: dict[str, float] = Field(description="softmax probability of every class, by name; sums to 1")
+    top_k: list[ClassProbability]
+    inverted: bool = Field(description="whether the image was inverted to light-on-dark before the model saw it")
+    input_image: str | None = Field(None, description="with return_input=true: the 28x28 input as a PNG data URL")
+
+
+class PredictResponse(Prediction):
+    model_version: str = Field(description="first 12 hex digits of the weights' sha256", examples=["78a65716e56a"])
+    inference_ms: float = Field(description="time this request's batch spent in the model", examples=[0.21])
+
+
+class BatchPredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="one per uploaded image, in upload order")
+    model_version: str
+    inference_ms: float
+
+
+class ParameterInfo(BaseModel):
+    name: str = Field(examples=["linear_relu_stack.0.weight"])
+    shape: list[int] = Field(examples=[[512, 784]])
+    dtype: str = Field(examples=["float32"])
+    numel: int
+    requires_grad: bool
+    mean: float
+    std: float
+    min: float
+    max: float
+    values: list[float] | None = Field(None, description="the first N values (flattened), with ?values=N")
+
+
+class ModelParamsResponse(BaseModel):
+    parameters: list[ParameterInfo]
+    total_parameters: int = Field(examples=[669706])
+    trainable_parameters: int
+    total_bytes: int
+    module_tree: str = Field(description="the model as PyTorch prints it")
+
+
+class ModelInfo(BaseModel):
+    path: str
+    version: str
+    device: str
+    loaded_at: str
+    load_seconds: float
+    metadata: dict[str, Any] = Field(description="the artifact's metadata document")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    model_version: str
+    device: str

@@ -1,0 +1,214 @@
+"""The artifact: the contract between training and serving.
+
+One safetensors file holds the weights and, in its header, a JSON metadata document. One file
+means one atomic rename on save, so a reader never sees new weights with old metadata. The
+metadata names the architecture, classes and input specification, so a server rebuilds the
+model from the file alone, and carries the sha256 of the weights, so a flipped bit is refused.
+Nothing here ever unpickles: safetensors, or ``torch.load(weights_only=True)`` for a
+quickstart-style ``.pth`` state dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from models.labels import CLASS_NAMES
+from models.mlp import ARCHITECTURE, IMAGE_SIDE, NUM_CLASSES, NeuralNetwork
+
+FORMAT_VERSION = 1
+METADATA_KEY = "fashion_serve"
+STATE_DICT_SUFFIXES = (".pth", ".pt")
+
+INPUT_SPEC: dict[str, Any] = {
+    "height": IMAGE_SIDE,
+    "width": IMAGE_SIDE,
+    "channels": 1,
+    "color": "grayscale",
+    "value_range": [0.0, 1.0],
+    "polarity": "light object on dark background",
+    "layout": "N x 1 x 28 x 28 (or N x 784)",
+}
+
+
+class ArtifactError(Exception):
+    """The artifact at ``path`` cannot be trusted or read; the message says why."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    weights_sha256: str
+    architecture: str = ARCHITECTURE
+    format_version: int = FORMAT_VERSION
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    input_spec: dict[str, Any] = field(default_factory=lambda: dict(INPUT_SPEC))
+    test_accuracy: float | None = None
+    per_class_accuracy: dict[str, float] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    dataset_checksums: dict[str, str] = field(default_factory=dict)
+    library_versions: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+    source_format: str = "safetensors"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactMetadata:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True)
+class Artifact:
+    model: NeuralNetwork
+    metadata: ArtifactMetadata
+    path: Path
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of the weights serialised as a metadata-free safetensors file (canonical, no numpy)."""
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+    return hashlib.sha256(safetensors.torch.save(tensors)).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+    }
+
+
+def build_metadata(
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    test_accuracy: float | None = None,
+    per_class_accuracy: Mapping[str, float] | None = None,
+    training_config: Mapping[str, Any] | None = None,
+    dataset_checksums: Mapping[str, str] | None = None,
+    extra_versions: Mapping[str, str] | None = None,
+) -> ArtifactMetadata:
+    """Metadata for ``state_dict`` with its digest, the library versions and the time filled in."""
+    return ArtifactMetadata(
+        weights_sha256=weights_digest(state_dict),
+        test_accuracy=test_accuracy,
+        per_class_accuracy=dict(per_class_accuracy or {}),
+        training_config=dict(training_config or {}),
+        dataset_checksums=dict(dataset_checksums or {}),
+        library_versions={**library_versions(), **(extra_versions or {})},
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a crash at any point leaves either the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def save_artifact(path: Path | str, model: torch.nn.Module, metadata: ArtifactMetadata) -> Path:
+    path = Path(path)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    if weights_digest(state) != metadata.weights_sha256:
+        raise ValueError("metadata.weights_sha256 does not match the model's weights")
+    header = {METADATA_KEY: json.dumps(metadata.to_dict(), sort_keys=True)}
+    write_atomically(path, safetensors.torch.save(state, metadata=header))
+    return path
+
+
+def load_artifact(path: Path | str, device: torch.device | str = "cpu") -> Artifact:
+    """Load and verify an artifact (or a quickstart ``.pth`` state dict); raise ArtifactError if untrustworthy."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(path, "no such file; train one with `python -m training --out PATH`")
+    if path.suffix in STATE_DICT_SUFFIXES:
+        state, metadata = _read_state_dict_file(path)
+    else:
+        state, metadata = _read_safetensors(path)
+    _check_metadata(path, metadata)
+    actual = weights_digest(state)
+    if actual != metadata.weights_sha256:
+        raise ArtifactError(
+            path,
+            f"weights checksum mismatch: metadata says sha256 {metadata.weights_sha256}, "
+            f"the weights hash to {actual}; the file is corrupt or was tampered with",
+        )
+    model = NeuralNetwork()
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(path, f"weights do not fit {ARCHITECTURE}: {exc}") from None
+    model.to(device).eval()
+    return Artifact(model=model, metadata=metadata, path=path)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], ArtifactMetadata]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as reader:
+            header = reader.metadata() or {}
+            state = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        raise ArtifactError(path, f"not a readable safetensors file ({exc})") from None
+    if METADATA_KEY not in header:
+        raise ArtifactError(path, f"no '{METADATA_KEY}' metadata in the safetensors header")
+    try:
+        metadata = ArtifactMetadata.from_dict(json.loads(header[METADATA_KEY]))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ArtifactError(path, f"metadata is not valid: {exc}") from None
+    return state, metadata
+
+
+def _read_state_dict_file(path: Path) -> tuple[dict[str, torch.Tensor], ArtifactMetadata]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, refused globals, truncation
+        raise ArtifactError(path, f"not a loadable weights-only state dict ({exc})") from None
+    if not isinstance(loaded, Mapping) or not all(isinstance(t, torch.Tensor) for t in loaded.values()):
+        raise ArtifactError(path, "expected a state dict (a mapping of names to tensors)")
+    state = {str(name): tensor for name, tensor in loaded.items()}
+    metadata = ArtifactMetadata(weights_sha256=weights_digest(state), source_format="pth")
+    return state, metadata
+
+
+def _check_metadata(path: Path, metadata: ArtifactMetadata) -> None:
+    if metadata.format_version != FORMAT_VERSION:
+        raise ArtifactError(
+            path, f"format version {metadata.format_version} is not supported (this build reads {FORMAT_VERSION})"
+        )
+    if metadata.architecture != ARCHITECTURE:
+        raise ArtifactError(path, f"architecture {metadata.architecture!r} is not {ARCHITECTURE!r}")
+    if len(metadata.class_names) != NUM_CLASSES:
+        raise ArtifactError(path, f"expected {NUM_CLASSES} class names, found {len(metadata.class_names)}")
