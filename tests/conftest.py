@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 import pytest
 import torch
@@ -58,6 +67,79 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client: Callable[..., TestClient], settings: Settings) -> TestClient:
     return make_client(settings)
+
+
+@dataclass
+class LiveServer:
+    """A real uvicorn process serving the app on a free loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def run_server(env: dict[str, str], log_dir: Path, *uvicorn_args: str, wait_ready: bool = True) -> Iterator[LiveServer]:
+    """Start ``uvicorn app.main:app`` with FASHION_* ``env``; wait for /healthz (and /readyz); stop it after."""
+    port = free_port()
+    log_path = log_dir / f"uvicorn-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "app.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *uvicorn_args,
+    ]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        path = "/readyz" if wait_ready else "/healthz"
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{server.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(server.url + path, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"uvicorn did not answer {path} in 60 s:\n{server.log()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def live_server(artifact_path: Path, tmp_path: Path) -> Iterator[LiveServer]:
+    """The app with the tiny test model, in a real uvicorn process."""
+    with run_server({"FASHION_MODEL_PATH": str(artifact_path), "FASHION_DEVICE": "cpu"}, tmp_path) as server:
+        yield server
 
 
 def image_bytes(image: Image.Image, fmt: str, **save_args: object) -> bytes:
