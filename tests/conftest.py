@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-
 import pytest
 import torch
 from fastapi.testclient import TestClient
