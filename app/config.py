@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models import DEVICE_CHOICES
@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         None, description="if set, /predict and /model* need 'Authorization: Bearer <key>'"
     )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="debug, info, warning or error")
 
     @field_validator("device")
     @classmethod
@@ -50,4 +50,12 @@ class Settings(BaseSettings):
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    """Settings from the environment; a bad value stops start-up with one line per variable to fix."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"  FASHION_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise SystemExit("invalid configuration (fix these environment variables):\n" + "\n".join(problems)) from None
