@@ -20,7 +20,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.predictor import Predictor
-from app.routes import health, model, predict, v2
+from app.routes import health, model, predict, ui, v2
 from app.service import InferenceService
 from models import ArtifactError, resolve_device
 
@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.not_ready_reason = "model is loading"
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, v2.router):
+    for router in (predict.router, model.router, health.router, ui.router, v2.router):
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
