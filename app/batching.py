@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.errors import Overloaded
+from app.errors import ModelFailed, Overloaded
 
 log = logging.getLogger("app.batching")
 
@@ -87,11 +87,11 @@ class Batcher:
             started = loop.time()
             try:
                 probabilities = await loop.run_in_executor(self._executor, self._predict, pixels)
-            except Exception as exc:  # the model failed: fail this batch, keep serving the next
+            except Exception:  # the model failed: fail this batch, keep serving the next
                 log.exception("model failed on a batch of %d images", len(pixels))
                 for job in live:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(ModelFailed("the model failed on this request's batch; retry it"))
                 continue
             seconds = loop.time() - started
             if self._on_batch is not None:

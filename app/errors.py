@@ -67,6 +67,13 @@ class Overloaded(ServiceError):
     code = "overloaded"
 
 
+class ModelFailed(ServiceError):
+    """The forward pass raised: only that batch's requests get this; the traceback is logged once per batch."""
+
+    status_code = 500
+    code = "model_error"
+
+
 def error_body(code: str, message: str, request_id: str | None = None) -> dict[str, dict[str, str]]:
     error = {"code": code, "message": message}
     if request_id:
@@ -80,7 +87,8 @@ def _request_id(request: Request) -> str | None:
 
 async def handle_service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    log.info("rejected %s %s: %s %s", request.method, request.url.path, exc.status_code, exc.message)
+    level = logging.WARNING if exc.status_code >= 500 else logging.INFO  # the client's fault, or ours
+    log.log(level, "rejected %s %s: %s %s", request.method, request.url.path, exc.status_code, exc.message)
     return JSONResponse(error_body(exc.code, exc.message, _request_id(request)), exc.status_code, headers=exc.headers)
 
 

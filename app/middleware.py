@@ -8,12 +8,15 @@ import re
 import time
 import uuid
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PayloadTooLarge, error_body
 from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
+error_log = logging.getLogger("app.errors")
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -67,7 +70,7 @@ class RequestContextMiddleware:
         offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = offered if REQUEST_ID_PATTERN.fullmatch(offered) else uuid.uuid4().hex[:16]
         scope.setdefault("state", {})["request_id"] = request_id
-        status = 500
+        status = 0  # no response started yet
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -79,6 +82,15 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            status = status or CLIENT_CLOSED_REQUEST  # nobody to answer; not our error
+        except Exception:
+            if status:  # the response has begun: let the server drop the connection
+                raise
+            # Answered here, not by Starlette's ServerErrorMiddleware, so the 500 carries X-Request-ID and the
+            # traceback is logged once, as JSON (that middleware re-raises, and uvicorn logs it again as text).
+            error_log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
+            await _send_json(send_with_id, 500, error_body("internal_error", "internal server error", request_id))
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")

@@ -210,5 +210,8 @@ def _check_metadata(path: Path, metadata: ArtifactMetadata) -> None:
         )
     if metadata.architecture != ARCHITECTURE:
         raise ArtifactError(path, f"architecture {metadata.architecture!r} is not {ARCHITECTURE!r}")
-    if len(metadata.class_names) != NUM_CLASSES:
-        raise ArtifactError(path, f"expected {NUM_CLASSES} class names, found {len(metadata.class_names)}")
+    names = metadata.class_names
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ArtifactError(path, f"class_names must be a list of strings, not {names!r:.80}")
+    if len(names) != NUM_CLASSES:
+        raise ArtifactError(path, f"expected {NUM_CLASSES} class names, found {len(names)}")
