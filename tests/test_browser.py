@@ -131,6 +131,8 @@ def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
 
 
 def screenshot(page: Page, name: str, viewport: str = "desktop") -> None:
+    """Save the whole page for a person to look at; and it must never scroll sideways, phone included."""
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=SCREENSHOTS / f"{name}-{viewport}.png", full_page=True)
 
