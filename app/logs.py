@@ -31,3 +31,6 @@ def configure_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # The multipart parser warns, as plain text on stderr, about every malformed body a client sends;
+    # app.errors already logs each rejection as one JSON line.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
