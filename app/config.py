@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=784, description="largest declared width x height decoded (decompression-bomb guard)"
     )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a client has to send the whole request body, then 408 (slow-client guard)"
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="seconds a request may take in all, then 503 (a stuck model answers, never hangs)"
+    )
     top_k: int = Field(3, ge=1, le=10, description="default length of the top-k list")
     batching: bool = Field(True, description="gather concurrent requests into one forward pass")
     max_batch_size: int = Field(64, ge=1, description="most images in one forward pass")

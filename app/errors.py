@@ -37,6 +37,11 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class RequestTimeout(ServiceError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
     code = "payload_too_large"

@@ -1,7 +1,8 @@
-"""Pure ASGI middleware: the body limit, and a request id, access log line and metrics per request."""
+"""Pure ASGI middleware: body and time limits, and a request id, access log line and metrics per request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -11,7 +12,7 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, error_body
+from app.errors import PayloadTooLarge, RequestTimeout, error_body
 from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
@@ -21,36 +22,97 @@ REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` while reading them, not after buffering them.
+    """Bound what a request may cost: its body's size and arrival time, and its total time.
 
-    A declared Content-Length over the limit is answered at once; a chunked or lying body is
-    cut off as soon as the running count passes the limit (the route sees PayloadTooLarge).
+    A declared Content-Length over ``max_bytes`` is answered at once; a chunked or lying body is cut
+    off as soon as the running count passes the limit (the route sees PayloadTooLarge). A body still
+    arriving ``body_timeout_s`` after the request began is a slow client: 408, connection closed. A
+    request unanswered after ``request_timeout_s`` is cancelled with a 503. One timer per request
+    (about a microsecond) does both: ``asyncio.timeout`` around every read would cost ten times that.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float, request_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = min(body_timeout_s, request_timeout_s)
+        self.request_timeout_s = request_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = scope.get("state", {}).get("request_id")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _send_json(send, 413, error_body("payload_too_large", self._message(int(declared))), close=True)
+            body = error_body("payload_too_large", self._message(int(declared)), request_id)
+            await _send_json(send, 413, body, close=True)
             return
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "ASGI servers run each request in a task"
+        started = loop.time()
         received = 0
+        reading = body_done = responded = False
+        expired: str | None = None  # "body" or "request", once a deadline has passed
+
+        def body_deadline() -> None:
+            nonlocal expired, timer
+            timer = loop.call_at(started + self.request_timeout_s, request_deadline)
+            if not body_done:
+                expired = "body"
+                if reading:  # waiting on the client: interrupt the read; otherwise the next read fails
+                    task.cancel()
+
+        def request_deadline() -> None:
+            nonlocal expired
+            if not responded:  # a response under way is let finish
+                expired = "request"
+                task.cancel()
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, reading, body_done
+            if body_done:  # later reads only wait for a disconnect, which may take as long as it likes
+                return await receive()
+            if expired == "body":
+                raise self._slow_body()
+            reading = True
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if expired != "body":
+                    raise
+                task.uncancel()
+                raise self._slow_body() from None
+            finally:
+                reading = False
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise PayloadTooLarge(self._message(received))
+                body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def tracking_send(message: Message) -> None:
+            nonlocal responded
+            responded = True
+            await send(message)
+
+        timer = loop.call_at(started + self.body_timeout_s, body_deadline)
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except asyncio.CancelledError:
+            if expired != "request":
+                raise
+            task.uncancel()
+            message = f"the request took longer than {self.request_timeout_s:g} s and was cancelled; retry it"
+            await _send_json(send, 503, error_body("timeout", message, request_id), close=True)
+        finally:
+            timer.cancel()
+
+    def _slow_body(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"the request body did not arrive within {self.body_timeout_s:g} s", {"Connection": "close"}
+        )
 
     def _message(self, size: int) -> str:
         return f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} bytes"

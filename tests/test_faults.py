@@ -279,3 +279,45 @@ def test_model_failure_without_batching_fails_only_that_request(
     }
     assert failed.headers["x-request-id"] == "unlucky"
     assert predict(client).status_code == 200
+
+
+class HungModel(torch.nn.Module):
+    """Wraps the real model: the first forward pass hangs until ``release``; later ones work."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+        self.release = threading.Event()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            assert self.release.wait(60), "the test never released the model"
+        output: torch.Tensor = self.inner(inputs)
+        return output
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("batching", [True, False])
+def test_hung_model_answers_503_after_the_request_timeout_and_recovers(
+    make_client: Callable[..., TestClient], artifact_path: Path, batching: bool
+) -> None:
+    settings = Settings(model_path=artifact_path, device="cpu", request_timeout_s=1.0, batching=batching)
+    client = make_client(settings)
+    predictor = client.app.state.service.predictor  # type: ignore[attr-defined]
+    hung = HungModel(predictor.model)
+    predictor.model = hung
+    try:
+        response = predict(client, "stuck")
+        assert response.status_code == 503, response.text
+        assert response.headers["x-request-id"] == "stuck"
+        error = response.json()["error"]
+        assert (error["code"], error["request_id"]) == ("timeout", "stuck")
+        assert "longer than 1 s" in error["message"]
+        assert client.get("/healthz").status_code == 200  # the server answers while the model is stuck
+    finally:
+        hung.release.set()
+    after = predict(client, "after")
+    assert after.status_code == 200, after.text
+    assert hung.calls == 2
