@@ -27,8 +27,8 @@ class BodyLimitMiddleware:
     A declared Content-Length over ``max_bytes`` is answered at once; a chunked or lying body is cut
     off as soon as the running count passes the limit (the route sees PayloadTooLarge). A body still
     arriving ``body_timeout_s`` after the request began is a slow client: 408, connection closed. A
-    request unanswered after ``request_timeout_s`` is cancelled with a 503. One timer per request
-    (about a microsecond) does both: ``asyncio.timeout`` around every read would cost ten times that.
+    request unanswered after ``request_timeout_s`` is cancelled with a 503. One loop timer per request
+    (a microsecond or two) does both: ``asyncio.timeout`` around every read costs several times that.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float, request_timeout_s: float) -> None:
