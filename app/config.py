@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=784, description="largest declared width x height decoded (decompression-bomb guard)"
     )
+    decode_concurrency: int = Field(
+        2, ge=1, description="large images decoded at once, off the event loop; each holds up to ~15 bytes a pixel"
+    )
     body_timeout_s: float = Field(
         30.0, gt=0, description="seconds a client has to send the whole request body, then 408 (slow-client guard)"
     )

@@ -33,19 +33,30 @@ class DecodedImage:
 
 def decode_image(data: bytes, *, invert: InvertMode = InvertMode.AUTO, max_pixels: int = 40_000_000) -> DecodedImage:
     """Decide the format from the bytes, refuse bombs before decoding, and fit the first frame into 28x28."""
+    return fit_image(open_image(data, max_pixels), invert)
+
+
+def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Read the header only (format, declared size) and refuse bombs: cheap, whatever size the image claims."""
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
     except UnidentifiedImageError:
         raise UnsupportedMediaType(f"not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc)) from None
+    except Image.DecompressionBombError as exc:  # Pillow's guard, where the app has not turned it off
+        raise ImageTooLarge(f"{exc} (this server's limit is {max_pixels:,} pixels)") from None
     except Exception as exc:  # a header Pillow recognised but could not parse
         raise InvalidImage(f"corrupt image header: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image declares {width}x{height} pixels; the limit is {max_pixels:,} pixels")
+    return image
+
+
+def fit_image(image: Image.Image, invert: InvertMode = InvertMode.AUTO) -> DecodedImage:
+    """Decode the first frame of an opened image and fit it into 28x28: the costly half, by declared size."""
+    width, height = image.size
     try:
         pixels, inverted = _to_model_pixels(image, invert)
     except Exception as exc:  # truncated data, bad chunks, broken EXIF: all the client's bytes

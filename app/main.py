@@ -34,8 +34,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    # Pillow's own bomb guard follows ours, so it never decodes what we would refuse.
-    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    # open_image checks every declared size against ours before a pixel is decoded, and names it; Pillow's guard
+    # would answer first for the worst bombs, in its own words, and print plain-text warnings for smaller ones.
+    Image.MAX_IMAGE_PIXELS = None
     batcher = None
     try:
         device = resolve_device(settings.device)
@@ -55,7 +56,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 on_batch=app.state.metrics.observe_batch,
             )
             batcher.start()
-        app.state.service = InferenceService(predictor, batcher, settings.max_image_pixels)
+        app.state.service = InferenceService(
+            predictor, batcher, settings.max_image_pixels, decode_concurrency=settings.decode_concurrency
+        )
         app.state.metrics.model_info.info({"version": predictor.version, "device": str(device)})
         log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
     try:

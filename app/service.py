@@ -9,11 +9,14 @@ from dataclasses import dataclass
 import torch
 
 from app.batching import Batcher
-from app.imaging import DecodedImage, InvertMode, decode_image, pixels_to_png
+from app.imaging import DecodedImage, InvertMode, decode_image, fit_image, open_image, pixels_to_png
 from app.predictor import Predictor
 from app.schemas import ClassProbability, Prediction
 
 INLINE_DECODE_BYTES = 32 * 1024  # smaller uploads decode faster than a thread hop; larger ones leave the loop
+# A small upload can still declare a big image (a 5 kB PNG of 6000x6000 takes ~0.3 s to decode): the declared
+# size decides too, read from the header first, so no upload blocks the loop for more than about a millisecond.
+INLINE_DECODE_PIXELS = 128 * 128
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,14 @@ class Classified:
 
 
 class InferenceService:
-    def __init__(self, predictor: Predictor, batcher: Batcher | None, max_image_pixels: int) -> None:
+    def __init__(
+        self, predictor: Predictor, batcher: Batcher | None, max_image_pixels: int, decode_concurrency: int = 2
+    ) -> None:
         self.predictor = predictor
         self.batcher = batcher
         self.max_image_pixels = max_image_pixels
+        # Each off-loop decode holds a whole decoded image (up to ~15 bytes a declared pixel): bound how many.
+        self._decode_slots = asyncio.Semaphore(decode_concurrency)
 
     async def classify(
         self, uploads: list[Upload], *, invert: InvertMode, top_k: int, return_input: bool
@@ -53,9 +60,16 @@ class InferenceService:
         return Classified(predictions, seconds)
 
     async def _decode(self, upload: Upload, invert: InvertMode) -> DecodedImage:
-        if len(upload.data) <= INLINE_DECODE_BYTES:
-            return decode_image(upload.data, invert=invert, max_pixels=self.max_image_pixels)
-        return await asyncio.to_thread(decode_image, upload.data, invert=invert, max_pixels=self.max_image_pixels)
+        if len(upload.data) > INLINE_DECODE_BYTES:
+            async with self._decode_slots:
+                return await asyncio.to_thread(
+                    decode_image, upload.data, invert=invert, max_pixels=self.max_image_pixels
+                )
+        image = open_image(upload.data, self.max_image_pixels)
+        if image.width * image.height <= INLINE_DECODE_PIXELS:
+            return fit_image(image, invert)
+        async with self._decode_slots:
+            return await asyncio.to_thread(fit_image, image, invert)
 
     def _encode(
         self, upload: Upload, image: DecodedImage, probabilities: torch.Tensor, top_k: int, return_input: bool
