@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from app.errors import ModelFailed, Overloaded
 log = logging.getLogger("app.batching")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     pixels: torch.Tensor  # (k, 28, 28) from one request
     future: asyncio.Future[tuple[torch.Tensor, float]] = field(repr=False)
+    queued_at: float  # loop time at submit, for the queue-wait metric
 
 
 class Batcher:
@@ -27,7 +29,8 @@ class Batcher:
 
     Adaptive: the worker takes whatever is queued when the model is free, so under load batches grow
     by themselves, and with an empty queue a request goes straight to the model. ``max_wait_s`` adds
-    an optional pause to let a batch fill.
+    an optional pause to let a batch fill. A request is never split, so one request of more images than
+    ``max_batch_size`` is a batch of its own. The model runs on one thread of its own, never on the loop.
     """
 
     def __init__(
@@ -37,20 +40,22 @@ class Batcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._pending: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
         self._queued_images = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._worker: asyncio.Task[None] | None = None
 
     @property
     def queued_images(self) -> int:
+        """Images submitted and not yet taken into a forward pass."""
         return self._queued_images
 
     def start(self) -> None:
@@ -70,52 +75,58 @@ class Batcher:
         """
         if self._queued_images + len(pixels) > self._max_queue:
             raise Overloaded("the model queue is full; retry shortly", headers={"Retry-After": "1"})
-        job = _Job(pixels, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        job = _Job(pixels, loop.create_future(), loop.time())
         self._queued_images += len(pixels)
-        self._queue.put_nowait(job)
+        self._pending.append(job)
+        self._arrived.set()
         return await job.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._next_batch()
-            self._queued_images -= sum(len(job.pixels) for job in jobs)
-            live = [job for job in jobs if not job.future.done()]  # a client that left is not computed
-            if not live:
-                continue
-            pixels = torch.cat([job.pixels for job in live])
-            started = loop.time()
-            try:
-                probabilities = await loop.run_in_executor(self._executor, self._predict, pixels)
-            except Exception:  # the model failed: fail this batch, keep serving the next
-                log.exception("model failed on a batch of %d images", len(pixels))
-                for job in live:
-                    if not job.future.done():
-                        job.future.set_exception(ModelFailed("the model failed on this request's batch; retry it"))
-                continue
-            seconds = loop.time() - started
-            if self._on_batch is not None:
-                self._on_batch(len(pixels), seconds)
-            assert len(probabilities) == len(pixels), "a batch must yield one output per input"
-            for job, part in zip(live, probabilities.split([len(j.pixels) for j in live]), strict=True):
+            live = [job for job in await self._next_batch() if not job.future.done()]  # a client that left
+            if live:
+                await self._forward(loop, live)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
+        pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([job.pixels for job in jobs])
+        started = loop.time()
+        try:
+            probabilities = await loop.run_in_executor(self._executor, self._predict, pixels)
+        except Exception:  # the model failed: fail this batch, keep serving the next
+            log.exception("model failed on a batch of %d images", len(pixels))
+            for job in jobs:
                 if not job.future.done():
-                    job.future.set_result((part, seconds))
+                    job.future.set_exception(ModelFailed("the model failed on this request's batch; retry it"))
+            return
+        seconds = loop.time() - started
+        assert len(probabilities) == len(pixels), "a batch must yield one output per input"
+        if self._on_batch is not None:
+            self._on_batch(len(pixels), seconds, [started - job.queued_at for job in jobs])
+        parts = [probabilities] if len(jobs) == 1 else probabilities.split([len(job.pixels) for job in jobs])
+        for job, part in zip(jobs, parts, strict=True):
+            if not job.future.done():
+                job.future.set_result((part, seconds))
 
     async def _next_batch(self) -> list[_Job]:
-        jobs = [await self._queue.get()]
-        size = len(jobs[0].pixels)
-        deadline = asyncio.get_running_loop().time() + self._max_wait_s
-        while size < self._max_batch_size:
-            if self._queue.empty():
+        """Wait for a first job, optionally for the batch to fill, then take jobs up to max_batch_size images."""
+        while not self._pending:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if self._max_wait_s > 0:
+            deadline = asyncio.get_running_loop().time() + self._max_wait_s
+            while self._queued_images < self._max_batch_size:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                job = self._queue.get_nowait()
-            jobs.append(job)
-            size += len(job.pixels)
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+        jobs = [self._pending.popleft()]
+        size = len(jobs[0].pixels)
+        while self._pending and size + len(self._pending[0].pixels) <= self._max_batch_size:
+            jobs.append(self._pending.popleft())
+            size += len(jobs[-1].pixels)
+        self._queued_images -= size
         return jobs

@@ -12,19 +12,19 @@ from app.errors import NotReady, Unauthorized
 from app.service import InferenceService
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_service(request: Request) -> InferenceService:
+async def get_service(request: Request) -> InferenceService:
     service: InferenceService | None = request.app.state.service
     if service is None:
         raise NotReady(request.app.state.not_ready_reason, headers={"Retry-After": "5"})
     return service
 
 
-def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> None:
+async def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> None:
     """When a key is configured, demand it as a Bearer token; compare in constant time, never log it."""
     if settings.api_key is None:
         return

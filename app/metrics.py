@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -30,11 +32,19 @@ class Metrics:
         self.model_seconds = Histogram(
             "fashion_model_seconds", "time per forward pass", buckets=LATENCY_BUCKETS, registry=self.registry
         )
+        self.queue_wait = Histogram(
+            "fashion_queue_wait_seconds",
+            "time a request's images waited for the model",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_depth = Gauge("fashion_queue_images", "images waiting for the model", registry=self.registry)
         self.images = Counter("fashion_images", "images classified", registry=self.registry)
         self.model_info = Info("fashion_model", "the model being served", registry=self.registry)
 
-    def observe_batch(self, size: int, seconds: float) -> None:
+    def observe_batch(self, size: int, seconds: float, waits: Iterable[float] = ()) -> None:
         self.batch_size.observe(size)
         self.model_seconds.observe(seconds)
         self.images.inc(size)
+        for wait in waits:
+            self.queue_wait.observe(wait)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.deps import ServiceDep, SettingsDep, require_api_key
 from app.imaging import InvertMode
@@ -65,14 +65,10 @@ async def predict(
     return_input: Annotated[
         bool, Query(description="include the 28x28 input the model saw, as a PNG data URL")
     ] = False,
-) -> PredictResponse | BatchPredictResponse:
+) -> Response:
     """Classify FashionMNIST-style images: probabilities of all ten classes, top-k and the argmax."""
     uploads, is_batch = await read_uploads(request, settings.max_images_per_request)
     request.state.images = len(uploads)
     result = await service.classify(uploads, invert=invert, top_k=top_k or settings.top_k, return_input=return_input)
-    model_version, inference_ms = service.predictor.version, round(result.model_seconds * 1000, 3)
-    if is_batch:
-        return BatchPredictResponse(
-            predictions=result.predictions, model_version=model_version, inference_ms=inference_ms
-        )
-    return PredictResponse(**result.predictions[0].model_dump(), model_version=model_version, inference_ms=inference_ms)
+    # Serialised once, by orjson; response_model above still documents the body.
+    return Response(result.to_json(service.predictor.version, batch=is_batch), media_type="application/json")
