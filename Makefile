@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= artifacts/model.safetensors
 PORT ?= 8000
 
-.PHONY: setup data model serve test lint bench clean
+.PHONY: setup data model serve test lint bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ lint: setup
 
 bench: model
 	$(PY) bench/training.py
+
+# Tens of thousands of mixed requests against a real server: zero 5xx, every answer once, bounded RSS.
+soak: model
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) artifacts/*.safetensors artifacts/*.png
