@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import select
 import socket
 import struct
 import threading
@@ -213,18 +214,16 @@ def raw_request(port: int, head: bytes, body_chunks: Iterator[bytes], read_timeo
     sent, reply = 0, b""
     with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
         sock.sendall(head)
-        sock.settimeout(0.01)
         for chunk in body_chunks:
             try:
                 sock.sendall(chunk)
                 sent += len(chunk)
             except OSError:  # the server closed the connection: it has answered
                 break
-            with contextlib.suppress(TimeoutError, BlockingIOError):
-                reply += sock.recv(65536)
-            if reply:
+            if select.select([sock], [], [], 0)[0]:  # an answer (or a close) is waiting: stop sending
+                with contextlib.suppress(OSError):
+                    reply += sock.recv(65536)
                 break
-        sock.settimeout(read_timeout)
         with contextlib.suppress(OSError):
             while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
                 data = sock.recv(65536)
