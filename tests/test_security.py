@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -229,3 +230,16 @@ def test_bad_input_is_a_short_info_line_without_traceback(
     rejected = [line for line in lines if line["logger"] == "app.errors"]
     assert len(rejected) == 1 and str(status) in str(rejected[0]["message"])
     assert len(str(rejected[0]["message"])) < 300
+
+
+def test_every_torch_load_is_weights_only() -> None:
+    """A full unpickle runs whatever code the file carries; only tensors may come out of torch.load."""
+    root = Path(__file__).resolve().parent.parent
+    calls = []
+    for source in [*root.glob("app/**/*.py"), *root.glob("models/**/*.py"), *root.glob("training/**/*.py")]:
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "load"):
+                keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                calls.append((f"{source.relative_to(root)}:{node.lineno}", keywords.get("weights_only")))
+    assert calls, "expected the artifact loader's torch.load"
+    assert all(weights_only == "True" for _, weights_only in calls), calls
