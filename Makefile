@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 MODEL ?= artifacts/model.safetensors
 PORT ?= 8000
 
-.PHONY: setup data model serve test lint bench soak clean
+.PHONY: setup data model serve test lint bench soak docker-smoke clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: model
 # Tens of thousands of mixed requests against a real server: zero 5xx, every answer once, bounded RSS.
 soak: model
 	$(PY) bench/soak.py
+
+# Build the image (../shared/tools/container: podman, offline), run it read-only, classify real images.
+docker-smoke: model
+	bash scripts/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) artifacts/*.safetensors artifacts/*.png
