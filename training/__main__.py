@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,13 @@ import torch
 import torchvision
 
 from models import CLASS_NAMES, DEVICE_CHOICES, build_metadata, resolve_device, save_artifact
-from training.data import DATA_DIR_ENV, DEBIAN_DATA_DIR, DatasetNotFoundError, load_fashion_mnist
+from training.data import DATA_DIR_ENV, DEBIAN_DATA_DIR, DatasetError, FashionData, load_fashion_mnist
 from training.report import per_class_table, write_report
 from training.train import (
+    MAX_SHIFT,
     OPTIMIZERS,
     PRECISIONS,
+    TUTORIAL_CONFIG,
     EpochStats,
     FitResult,
     TrainConfig,
@@ -30,47 +33,126 @@ from training.train import (
 
 DEFAULT_OUT = Path("artifacts/model.safetensors")
 DEFAULTS = TrainConfig()
+DRY_RUN_BATCHES = 5
 log = logging.getLogger("training")
 
 
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = int(_number(text, int))
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
+    value = float(_number(text, float))
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(_number(text, float))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A probability-like setting in [0, 1)."""
+    value = float(_number(text, float))
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+def shift_pixels(text: str) -> int:
+    value = non_negative_int(text)
+    if value > MAX_SHIFT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SHIFT} pixels, got {value}")
+    return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """States every default in --help, except the uninformative None of open options and False of bare flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        bare_flag = action.default is False and not isinstance(action, argparse.BooleanOptionalAction)
+        if action.default is None or bare_flag:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
         description="Train the PyTorch quickstart MLP on FashionMNIST and save a verifiable artifact.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--recipe",
         choices=("default", "tutorial"),
         default="default",
         help="'tutorial' reproduces the quickstart exactly (DataLoader + ToTensor, SGD lr 1e-3, "
-        "batch 64, 5 epochs) and ignores the optimisation flags",
+        "batch 64, 5 epochs) and ignores the optimisation and augmentation flags",
     )
-    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs)
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="passes over the 60,000 images")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size, help="images per step")
     parser.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="peak learning rate (one-cycle)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer)
-    parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=DEFAULTS.label_smoothing)
+    parser.add_argument(
+        "--optimizer", choices=OPTIMIZERS, default=DEFAULTS.optimizer, help="sgd: Nesterov, momentum 0.9"
+    )
+    parser.add_argument(
+        "--weight-decay",
+        type=non_negative_float,
+        default=DEFAULTS.weight_decay,
+        help="decoupled for adamw, L2 for sgd, unused by adam",
+    )
+    parser.add_argument(
+        "--label-smoothing", type=fraction, default=DEFAULTS.label_smoothing, help="share of the target spread evenly"
+    )
     parser.add_argument(
         "--hflip",
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS.hflip,
-        help="mirror half of each batch (augmentation)",
+        help="mirror a random half of each batch (augmentation)",
+    )
+    parser.add_argument(
+        "--shift", type=shift_pixels, default=DEFAULTS.shift, help="max random translation in pixels (0: off)"
+    )
+    parser.add_argument(
+        "--erase", type=fraction, default=DEFAULTS.erase, help="probability of blanking a random rectangle"
+    )
+    parser.add_argument(
+        "--ema",
+        type=fraction,
+        default=DEFAULTS.ema,
+        help="decay of the moving average of the weights that is evaluated and saved (0: off)",
+    )
+    parser.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.standardize,
+        help="train on per-pixel standardised inputs, then fold the map into the first layer",
     )
     parser.add_argument(
         "--precision",
@@ -78,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.precision,
         help="training arithmetic; auto uses bf16 autocast where the hardware supports it",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="same seed, same weights (on CPU)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: cuda, then mps, then cpu")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument(
@@ -88,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"folder with the four FashionMNIST files (default: ${DATA_DIR_ENV}, then {DEBIAN_DATA_DIR})",
     )
     parser.add_argument(
-        "--download", action="store_true", help="download the dataset with torchvision (needs internet)"
+        "--download",
+        action="store_true",
+        help="if no local copy is found, download the dataset with torchvision (needs internet)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the artifact")
     parser.add_argument("--no-report", action="store_true", help="skip the confusion-matrix and curves PNGs")
@@ -104,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must end in .safetensors, got {args.out}")
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a directory; give a file path")
+    if any(parent.exists() and not parent.is_dir() for parent in args.out.parents):
+        parser.error(f"--out {args.out}: a parent of it is a file, not a folder")
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
@@ -112,10 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         data = load_fashion_mnist(args.data_dir, download=args.download)
-    except DatasetNotFoundError as exc:
+    except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, RuntimeError) as exc:  # unreadable, truncated or failed download
+    except (OSError, RuntimeError) as exc:  # unreadable file or failed download
         print(f"error: could not read FashionMNIST: {exc}", file=sys.stderr)
         return 2
 
@@ -127,11 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         hflip=args.hflip,
+        shift=args.shift,
+        erase=args.erase,
+        ema=args.ema,
+        standardize=args.standardize,
         precision=args.precision,
         seed=args.seed,
     )
     if args.dry_run:
-        config = replace(config, epochs=1, max_batches=5)
+        config = replace(config, epochs=1, max_batches=DRY_RUN_BATCHES)
     log.info(
         "training on %s with %s train / %s test images (recipe: %s)",
         device,
@@ -142,11 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_recipe(args.recipe, data, config, device)
     assert result.final is not None
     training_config = {"recipe": args.recipe, "device": str(device), "seconds": round(result.seconds, 2)}
-    training_config |= (
-        config.as_dict()
-        if args.recipe == "default"
-        else {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd"}
-    )
+    training_config |= config.as_dict() if args.recipe == "default" else dict(TUTORIAL_CONFIG, dry_run=args.dry_run)
 
     metadata = build_metadata(
         result.model.state_dict(),
@@ -156,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset_checksums=data.checksums,
         extra_versions={"torchvision": torchvision.__version__},
     )
-    save_artifact(args.out, result.model.cpu(), metadata)
+    try:
+        save_artifact(args.out, result.model.cpu(), metadata)
+    except OSError as exc:
+        print(f"error: could not write the artifact {args.out}: {exc}", file=sys.stderr)
+        return 1
     print(per_class_table(result.final.confusion, CLASS_NAMES))
     log.info(
         "test accuracy %.2f%% in %.1f s; artifact %s (weights sha256 %s)",
@@ -171,20 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_recipe(recipe: str, data, config: TrainConfig, device: torch.device) -> FitResult:  # type: ignore[no-untyped-def]
+def run_recipe(recipe: str, data: FashionData, config: TrainConfig, device: torch.device) -> FitResult:
+    epochs = config.epochs if recipe == "default" else TUTORIAL_CONFIG["epochs"]
+
     def show(stats: EpochStats) -> None:
+        train = "" if math.isnan(stats.train_loss) else f"train loss {stats.train_loss:.4f}  "
         log.info(
-            "epoch %d/%d  train loss %.4f  test loss %.4f  test accuracy %.2f%%  (%.1f s)",
+            "epoch %d/%d  %stest loss %.4f  test accuracy %.2f%%  (%.1f s)",
             stats.epoch,
-            config.epochs if recipe == "default" else 5,
-            stats.train_loss,
+            epochs,
+            train,
             stats.test_loss,
             100 * stats.test_accuracy,
             stats.seconds,
         )
 
     if recipe == "tutorial":
-        return fit_tutorial(data.root, device, seed=config.seed, on_epoch=show)
+        return fit_tutorial(data.root, device, seed=config.seed, on_epoch=show, max_batches=config.max_batches)
     return fit(
         data.train_images,
         data.train_labels,

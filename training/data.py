@@ -13,13 +13,23 @@ import torch
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.utils import extract_archive
 
+from models import IMAGE_SIDE, NUM_CLASSES
+
 DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 DATA_DIR_ENV = "FASHION_DATA_DIR"
 RAW_FILES = tuple(name for name, _md5 in FashionMNIST.resources)  # the four original .gz names
 
 
-class DatasetNotFoundError(Exception):
+class DatasetError(Exception):
+    """FashionMNIST cannot be used; the message says why and what to do."""
+
+
+class DatasetNotFoundError(DatasetError):
     """FashionMNIST is not where we looked; the message says how to get it."""
+
+
+class DatasetInvalidError(DatasetError):
+    """A dataset file is there but is not a FashionMNIST IDX file (truncated, wrong file, bad gzip)."""
 
 
 @dataclass(frozen=True)
@@ -37,22 +47,27 @@ def default_cache_dir() -> Path:
     return Path(base) / "fashion-serve"
 
 
-def candidate_dirs(data_dir: Path | None) -> list[Path]:
-    """Where to look, in order: the flag, then FASHION_DATA_DIR, then Debian's package location."""
+def candidate_dirs(data_dir: Path | None, cache_root: Path | None = None) -> list[Path]:
+    """Where to look, in order: the flag, else FASHION_DATA_DIR, else Debian's package location and then
+    an earlier ``--download``'s copy in the cache."""
     if data_dir is not None:
         return [data_dir]
     from_env = os.environ.get(DATA_DIR_ENV)
-    return [Path(from_env)] if from_env else [DEBIAN_DATA_DIR]
+    if from_env:
+        return [Path(from_env)]
+    return [DEBIAN_DATA_DIR, cache_root or default_cache_dir()]
 
 
-def find_source(data_dir: Path | None) -> Path:
-    for directory in candidate_dirs(data_dir):
+def find_source(data_dir: Path | None, cache_root: Path | None = None) -> Path:
+    """The folder holding all four files (flat, or torchvision's ``FashionMNIST/raw`` layout)."""
+    looked = candidate_dirs(data_dir, cache_root)
+    for directory in looked:
         for layout in (directory, directory / "FashionMNIST" / "raw"):
             if all(_find_file(layout, name) for name in RAW_FILES):
                 return layout
-    looked = ", ".join(str(d) for d in candidate_dirs(data_dir))
     raise DatasetNotFoundError(
-        f"FashionMNIST not found in {looked} (need {', '.join(RAW_FILES)}, gzipped or not). "
+        f"FashionMNIST not found in {', '.join(str(d) for d in looked)} "
+        f"(need {', '.join(RAW_FILES)}, gzipped or not). "
         "Get it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu, installs into "
         f"{DEBIAN_DATA_DIR}), or pass --download to fetch it with torchvision (needs internet), "
         f"or point --data-dir / {DATA_DIR_ENV} at a folder that holds the four files."
@@ -62,24 +77,49 @@ def find_source(data_dir: Path | None) -> Path:
 def load_fashion_mnist(
     data_dir: Path | None = None, *, download: bool = False, cache_dir: Path | None = None
 ) -> FashionData:
-    """Load both splits as tensors. The .gz files are unpacked once into the cache for torchvision."""
+    """Load both splits as tensors. The .gz files are unpacked once into the cache for torchvision.
+
+    ``download`` fetches the files with torchvision only when no local copy is found.
+    """
     cache_root = cache_dir or default_cache_dir()
-    if download:
-        FashionMNIST(str(cache_root), train=True, download=True)
-        source = Path(FashionMNIST(str(cache_root), train=False, download=True).raw_folder)
-    else:
-        source = find_source(data_dir)
+    try:
+        source = find_source(data_dir, cache_root)
+    except DatasetNotFoundError:
+        if not download:
+            raise
+        # Into the folder the user named, else the cache (where the next run finds it without --download).
+        download_root = data_dir or Path(os.environ.get(DATA_DIR_ENV) or cache_root)
+        FashionMNIST(str(download_root), train=True, download=True)
+        source = Path(FashionMNIST(str(download_root), train=False, download=True).raw_folder)
     root = _unpack_into(source, cache_root)
-    train = FashionMNIST(str(root), train=True, download=False)
-    test = FashionMNIST(str(root), train=False, download=False)
+    train_images, train_labels = _read_split(root, source, train=True)
+    test_images, test_labels = _read_split(root, source, train=False)
     return FashionData(
-        train_images=train.data,
-        train_labels=train.targets,
-        test_images=test.data,
-        test_labels=test.targets,
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
         root=root,
         checksums={name: _sha256(_find_file(source, name)) for name in RAW_FILES},  # type: ignore[arg-type]
     )
+
+
+def _read_split(root: Path, source: Path, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's IDX reader, with its asserts turned into an error that names the files."""
+    names = RAW_FILES[:2] if train else RAW_FILES[2:]
+    try:
+        split = FashionMNIST(str(root), train=train, download=False)
+        images, labels = split.data, split.targets
+    except (AssertionError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise DatasetInvalidError(f"{' / '.join(names)} in {source} are not valid IDX files ({exc!r})") from None
+    if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE) or len(images) != len(labels) or not len(labels):
+        raise DatasetInvalidError(
+            f"{' / '.join(names)} in {source} hold {tuple(images.shape)} images and {len(labels)} labels; "
+            "expected N x 28 x 28 images and N labels"
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= NUM_CLASSES:
+        raise DatasetInvalidError(f"{names[1]} in {source} has labels outside 0-9")
+    return images, labels
 
 
 def _find_file(directory: Path, gz_name: str) -> Path | None:
@@ -103,7 +143,10 @@ def _unpack_into(source: Path, cache_root: Path) -> Path:
             continue
         with tempfile.TemporaryDirectory(dir=raw) as scratch:
             if found.suffix == ".gz":
-                unpacked = Path(extract_archive(str(found), scratch))
+                try:
+                    unpacked = Path(extract_archive(str(found), scratch))
+                except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+                    raise DatasetInvalidError(f"{found} is not a readable gzip file ({exc})") from None
             else:
                 unpacked = Path(shutil.copy(found, scratch))
             os.replace(unpacked, target)  # a half-unpacked file never carries the real name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -10,11 +11,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from models import NUM_CLASSES, NeuralNetwork, pixels_to_input
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
+MAX_SHIFT = 8  # pixels; beyond this a 28 x 28 garment is mostly off the canvas
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     hflip: bool = False
+    shift: int = 0  # max random translation in pixels (0: none)
+    erase: float = 0.0  # probability of random erasing per image
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
+    standardize: bool = False  # train on per-pixel standardised inputs, fold the map into layer 0 after
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
     seed: int = 0
     max_batches: int | None = None  # --dry-run: a few batches per epoch, for smoke tests
@@ -76,13 +84,83 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    # The fused kernel does the whole Adam update in one pass: on CPU it cuts the step from ~1.9 ms to ~0.5 ms.
+    fused = next(model.parameters()).device.type in ("cpu", "cuda") or None
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr)
+        return torch.optim.Adam(model.parameters(), lr=config.lr, fused=fused)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+
+
+def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random mirror, translation and erasing of a batch shaped N x 1 x 28 x 28 in [0, 1].
+
+    All randomness comes from ``generator`` (on the CPU), so a seed fixes every batch.
+    """
+    n, side = len(x), x.shape[-1]
+    if config.hflip:
+        # A mirrored garment is the same garment.
+        flip = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    if config.shift:
+        # Pad with background (0) and crop at a random offset: a small shift of the garment.
+        s = config.shift
+        padded = F.pad(x, (s, s, s, s))
+        dy, dx = torch.randint(0, 2 * s + 1, (2, n, 1), generator=generator).to(x.device)
+        grid = torch.arange(side, device=x.device)
+        rows, cols = (dy + grid).unsqueeze(2), (dx + grid).unsqueeze(1)
+        x = padded[torch.arange(n, device=x.device).view(-1, 1, 1), 0, rows, cols].unsqueeze(1)
+    if config.erase:
+        # Random erasing: blank a rectangle so no single region can carry the decision.
+        h, w = torch.randint(4, side // 2 + 1, (2, n, 1), generator=generator)
+        top = (torch.rand(n, 1, generator=generator) * (side - h + 1)).long()
+        left = (torch.rand(n, 1, generator=generator) * (side - w + 1)).long()
+        grid = torch.arange(side)
+        in_rows = ((grid >= top) & (grid < top + h)).unsqueeze(2)
+        in_cols = ((grid >= left) & (grid < left + w)).unsqueeze(1)
+        chosen = (torch.rand(n, generator=generator) < config.erase).view(-1, 1, 1)
+        x = x.masked_fill((in_rows & in_cols & chosen).unsqueeze(1).to(x.device), 0.0)
+    return x
+
+
+# Added to each pixel's standard deviation: the border pixels are almost always 0, and dividing
+# by their tiny spread would blow rare stray values up into huge inputs (0.05 measured best of 0.02-0.1).
+STD_FLOOR = 0.05
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-pixel standardisation, (x - mean) / (std + STD_FLOOR), estimated on the training images.
+
+    Centring and scaling each pixel on its own puts all 784 inputs on one footing, so the first
+    layer learns at one pace across the image. It is affine, so it folds exactly into layer 0.
+    """
+
+    mean: torch.Tensor  # 1 x 28 x 28
+    scale: torch.Tensor  # 1 x 28 x 28, the divisor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> Standardizer:
+        return cls(mean=x.mean(0), scale=x.std(0) + STD_FLOOR)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.scale.to(x.device)
+
+    def fold_into(self, model: NeuralNetwork) -> None:
+        """Rewrite layer 0 to take [0, 1] pixels: W((x - m) / s) + b = (W / s) x + (b - (W / s) m).
+
+        The architecture at inference is unchanged; done in float64 so the fold adds no visible error.
+        """
+        first = model.linear_relu_stack[0]
+        with torch.no_grad():
+            weight = first.weight.double() / self.scale.flatten().double().to(first.weight.device)
+            first.bias -= (weight @ self.mean.flatten().double().to(weight.device)).to(first.bias.dtype)
+            first.weight.copy_(weight)
 
 
 def train_one_epoch(
@@ -94,23 +172,24 @@ def train_one_epoch(
     config: TrainConfig,
     generator: torch.Generator,
     progress: tqdm | None = None,
+    averaged: AveragedModel | None = None,
+    standardizer: Standardizer | None = None,
 ) -> tuple[float, float]:
     """One shuffled pass; returns (mean loss, accuracy) over the examples seen."""
     model.train()
+    device = next(model.parameters()).device
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     order = torch.randperm(len(inputs), generator=generator)
     batches = order.split(config.batch_size)[: config.max_batches]
     total_loss = correct = seen = 0.0
-    use_bf16 = resolve_precision(config.precision, next(model.parameters()).device) == "bf16"
+    use_bf16 = resolve_precision(config.precision, device) == "bf16"
     started = time.perf_counter()
     for batch_index in batches:
-        x = inputs[batch_index].to(next(model.parameters()).device, non_blocking=True)
-        y = labels[batch_index].to(x.device, non_blocking=True)
-        if config.hflip:
-            # A mirrored garment is the same garment: flipping half the batch is free extra data.
-            flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        x = augment(inputs[batch_index].to(device, non_blocking=True), config, generator)
+        y = labels[batch_index].to(device, non_blocking=True)
+        if standardizer is not None:
+            x = standardizer(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -118,6 +197,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -162,26 +243,37 @@ def fit(
     on_epoch: Callable[[EpochStats], None] | None = None,
     show_progress: bool = True,
 ) -> FitResult:
-    """Train a fresh NeuralNetwork with AdamW and a one-cycle schedule on preprocessed in-memory tensors."""
+    """Train a fresh NeuralNetwork with a one-cycle schedule on preprocessed in-memory tensors.
+
+    The returned model is the plain quickstart architecture taking [0, 1] pixels, whatever
+    training-only tricks (EMA, standardisation, augmentation) the config turned on.
+    """
+    started = time.perf_counter()  # timed from here: preprocessing, model set-up, training, every evaluation
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = NeuralNetwork().to(device)
     # Preprocess once: the same function serving uses, so train and serve inputs cannot drift.
     train_x, test_x = pixels_to_input(train_images), pixels_to_input(test_images)
+    standardizer = Standardizer.fit(train_x) if config.standardize else None
+    eval_x = standardizer(test_x) if standardizer is not None else test_x
     optimizer = make_optimizer(model, config)
     steps_per_epoch = len(train_x[:: config.batch_size][: config.max_batches or None])
     # One-cycle: a short warm-up then cosine annealing reaches a flatter minimum in few epochs.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
     )
+    # An exponential moving average of the weights smooths the last noisy steps of SGD.
+    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
     result = FitResult(model=model)
-    started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", leave=False, disable=not show_progress)
         with bar:
-            loss, accuracy = train_one_epoch(model, train_x, train_labels, optimizer, scheduler, config, generator, bar)
-        evaluation = evaluate(model, test_x, test_labels)
+            loss, accuracy = train_one_epoch(
+                model, train_x, train_labels, optimizer, scheduler, config, generator, bar, averaged, standardizer
+            )
+        evaluated = averaged.module if averaged is not None else model
+        evaluation = evaluate(evaluated, eval_x, test_labels)
         stats = EpochStats(
             epoch, loss, accuracy, evaluation.loss, evaluation.accuracy, time.perf_counter() - epoch_started
         )
@@ -189,18 +281,32 @@ def fit(
         result.final = evaluation
         if on_epoch is not None:
             on_epoch(stats)
+    final = averaged.module if averaged is not None else model
+    assert isinstance(final, NeuralNetwork)
+    if standardizer is not None:
+        standardizer.fold_into(final)
+        # Re-measure on the raw inputs serving will send: the figure belongs to the saved weights.
+        result.final = evaluate(final, test_x, test_labels)
+    result.model = final
     result.seconds = time.perf_counter() - started
     return result
+
+
+TUTORIAL_CONFIG: dict[str, Any] = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd"}
 
 
 def fit_tutorial(
     data_root: Path,
     device: torch.device,
-    epochs: int = 5,
+    epochs: int = TUTORIAL_CONFIG["epochs"],
     seed: int = 0,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    max_batches: int | None = None,
 ) -> FitResult:
-    """The quickstart, as written: ToTensor through a DataLoader (no shuffle), SGD lr 1e-3, batch 64."""
+    """The quickstart, as written: ToTensor through a DataLoader (no shuffle), SGD lr 1e-3, batch 64.
+
+    ``max_batches`` cuts each epoch short for smoke tests; the quickstart itself has no such thing.
+    """
     from torch.utils.data import DataLoader
     from torchvision.datasets import FashionMNIST
     from torchvision.transforms import ToTensor
@@ -208,17 +314,18 @@ def fit_tutorial(
     torch.manual_seed(seed)
     training_data = FashionMNIST(root=str(data_root), train=True, download=False, transform=ToTensor())
     test_data = FashionMNIST(root=str(data_root), train=False, download=False, transform=ToTensor())
-    train_dataloader = DataLoader(training_data, batch_size=64)
-    test_dataloader = DataLoader(test_data, batch_size=64)
+    started = time.perf_counter()  # timed like fit: everything after the files are read
+    batch_size, lr = TUTORIAL_CONFIG["batch_size"], TUTORIAL_CONFIG["lr"]
+    train_dataloader = DataLoader(training_data, batch_size=batch_size)
+    test_dataloader = DataLoader(test_data, batch_size=batch_size)
     model = NeuralNetwork().to(device)
     loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     result = FitResult(model=model)
-    started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
-        for x, y in train_dataloader:
+        for x, y in itertools.islice(train_dataloader, max_batches):
             loss = loss_fn(model(x.to(device)), y.to(device))
             loss.backward()
             optimizer.step()

@@ -1,0 +1,139 @@
+"""The tutorial recipe against the default recipe, on this machine, in one run; writes bench/TRAINING.md.
+
+    .venv/bin/python bench/training.py [--repeats 3] [--threads N]
+
+Both are timed the same way: from just after the dataset files are read (excluded for both) to the
+end of training, including building the model, any preprocessing, the tutorial's per-batch
+DataLoader/ToTensor work, and the per-epoch evaluation on the 10,000 test images. Pairs run back to
+back, tutorial then default, so both see the same machine load; the figures are per-pair and
+medians. Exit status 1 when the acceptance (>= 90.0 %, <= 0.8 x the tutorial's time) is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from models import resolve_device
+from training.data import load_fashion_mnist
+from training.train import TrainConfig, fit, fit_tutorial, resolve_precision
+
+MIN_ACCURACY = 0.900
+MAX_TIME_RATIO = 0.8
+REPORT = Path(__file__).with_name("TRAINING.md")
+
+
+@dataclass
+class Pair:
+    tutorial_accuracy: float
+    tutorial_seconds: float
+    default_accuracy: float
+    default_seconds: float
+
+    @property
+    def ratio(self) -> float:
+        return self.default_seconds / self.tutorial_seconds
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_pair(data, device: torch.device, config: TrainConfig, index: int) -> Pair:  # type: ignore[no-untyped-def]
+    tutorial = fit_tutorial(data.root, device, seed=config.seed)
+    print(f"  pair {index}: tutorial {100 * tutorial.final.accuracy:.2f}% in {tutorial.seconds:.1f} s", flush=True)
+    default = fit(
+        data.train_images, data.train_labels, data.test_images, data.test_labels, config, device, show_progress=False
+    )
+    print(f"  pair {index}: default  {100 * default.final.accuracy:.2f}% in {default.seconds:.1f} s", flush=True)
+    return Pair(tutorial.final.accuracy, tutorial.seconds, default.final.accuracy, default.seconds)
+
+
+def markdown(pairs: list[Pair], config: TrainConfig, device: torch.device, command: str) -> str:
+    med = Pair(
+        statistics.median(p.tutorial_accuracy for p in pairs),
+        statistics.median(p.tutorial_seconds for p in pairs),
+        statistics.median(p.default_accuracy for p in pairs),
+        statistics.median(p.default_seconds for p in pairs),
+    )
+    ratio = statistics.median(p.ratio for p in pairs)
+    lines = [
+        "# Training benchmark: the quickstart's recipe against ours",
+        "",
+        f"Written by `{command}` on {datetime.now(UTC).isoformat(timespec='seconds')}.",
+        f"Machine: {cpu_name()}, {torch.get_num_threads()} torch threads, device {device}, "
+        f"training precision {resolve_precision(config.precision, device)}; torch {torch.__version__}, "
+        f"Python {platform.python_version()}.",
+        "",
+        "Wall time: from just after the dataset files are read (excluded for both) to the end of training, "
+        "including model set-up, preprocessing, and the evaluation on the 10,000 test images after every epoch. "
+        "Each pair runs the tutorial, then the default recipe, back to back.",
+        "",
+        "| pair | tutorial accuracy | tutorial time | default accuracy | default time | time ratio |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, p in enumerate(pairs, 1):
+        lines.append(
+            f"| {i} | {p.tutorial_accuracy:.2%} | {p.tutorial_seconds:.1f} s | {p.default_accuracy:.2%} "
+            f"| {p.default_seconds:.1f} s | {p.ratio:.2f} |"
+        )
+    lines.append(
+        f"| **median** | **{med.tutorial_accuracy:.2%}** | **{med.tutorial_seconds:.1f} s** "
+        f"| **{med.default_accuracy:.2%}** | **{med.default_seconds:.1f} s** | **{ratio:.2f}** |"
+    )
+    passed = med.default_accuracy >= MIN_ACCURACY and ratio <= MAX_TIME_RATIO
+    lines += [
+        "",
+        f"Acceptance (default >= {MIN_ACCURACY:.1%} and time <= {MAX_TIME_RATIO} x the tutorial's): "
+        f"**{'met' if passed else 'NOT met'}**.",
+        "",
+        "Tutorial: the PyTorch quickstart as written (DataLoader + ToTensor, batch 64, SGD lr 1e-3, 5 epochs).",
+        f"Default: `{config}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="tutorial/default pairs to run (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=REPORT, help="the markdown report to write")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device("auto")
+    config = TrainConfig(seed=args.seed)
+    data = load_fashion_mnist()
+    print(f"benchmarking on {device} ({cpu_name()}, {torch.get_num_threads()} threads), {args.repeats} pair(s)")
+    pairs = [run_pair(data, device, config, i) for i in range(1, args.repeats + 1)]
+    command = "python bench/training.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = markdown(pairs, config, device, command.strip())
+    args.out.write_text(report)
+    print()
+    print(report)
+    ratio = statistics.median(p.ratio for p in pairs)
+    accuracy = statistics.median(p.default_accuracy for p in pairs)
+    return 0 if accuracy >= MIN_ACCURACY and ratio <= MAX_TIME_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
