@@ -16,6 +16,7 @@ from PIL import Image
 from app.batching import Batcher
 from app.config import Settings, get_settings
 from app.errors import install_error_handlers
+from app.fastlane import PredictFastLane
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (predict.router, model.router, health.router, ui.router, v2.router):
         app.include_router(router)
+    app.add_middleware(PredictFastLane)  # innermost: limits, CORS, request ids, logs and metrics still apply
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,
