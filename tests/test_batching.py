@@ -1,0 +1,264 @@
+"""Dynamic batching and the /predict fast lane, through real HTTP handlers with real image bytes.
+
+A gate in front of the model holds the first forward pass, so the tests decide what is queued when
+the model frees up, instead of hoping that threads line up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from torch import nn
+
+import app.routes.predict
+from app.batching import Batcher
+from app.config import Settings
+from app.errors import Overloaded
+from app.schemas import BatchPredictResponse, PredictResponse
+from tests.conftest import garment, image_bytes
+
+PNG = image_bytes(garment(), "PNG")
+BIG_PNG = image_bytes(garment((200, 200)), "PNG")
+TRUNCATED = BIG_PNG[: len(BIG_PNG) // 2]  # a header Pillow accepts, then no pixels
+
+
+class GatedModel(nn.Module):
+    """Counts forward passes and their sizes; the first one waits until the test opens the gate."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batch_sizes: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(inputs))
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        output: torch.Tensor = self.inner(inputs)
+        return output
+
+
+@pytest.fixture
+def gated(client: TestClient) -> Iterator[GatedModel]:
+    predictor = client.app.state.service.predictor  # type: ignore[attr-defined]
+    model = GatedModel(predictor.model)
+    predictor.model = model
+    yield model
+    model.gate.set()  # never leave a request hanging past the test
+
+
+def predict(client: TestClient, data: bytes = PNG, name: str = "g.png", **params: str) -> httpx.Response:
+    return client.post("/predict", files={"file": (name, data, "image/png")}, params=params)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def queue_behind_first_batch(
+    client: TestClient, gated: GatedModel, pool: ThreadPoolExecutor, bodies: list[bytes]
+) -> tuple[Future[httpx.Response], list[Future[httpx.Response]]]:
+    """One request holds the model; then ``bodies`` are sent and left waiting in the queue."""
+    first = pool.submit(predict, client)
+    assert gated.entered.wait(30)
+    queued = [pool.submit(predict, client, body, f"{i}.png") for i, body in enumerate(bodies)]
+    return first, queued
+
+
+def sample(client: TestClient, name: str) -> float:
+    value = client.app.state.metrics.registry.get_sample_value(name)  # type: ignore[attr-defined]
+    return 0.0 if value is None else float(value)
+
+
+def test_concurrent_requests_share_one_forward_pass(client: TestClient, gated: GatedModel) -> None:
+    batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first, queued = queue_behind_first_batch(client, gated, pool, [PNG] * 6)
+        wait_for(lambda: batcher.queued_images == 6, "six queued images")
+        gated.gate.set()
+        responses = [first.result(30), *(future.result(30) for future in queued)]
+    assert [r.status_code for r in responses] == [200] * 7
+    assert gated.batch_sizes == [1, 6]
+    assert {r.json()["inference_ms"] for r in responses[1:]} == {responses[1].json()["inference_ms"]}
+    assert sample(client, "fashion_batch_size_count") == 2
+    assert sample(client, "fashion_batch_size_sum") == 7
+    assert sample(client, "fashion_queue_wait_seconds_count") == 7
+    assert sample(client, "fashion_queue_wait_seconds_sum") > 0
+
+
+def test_bad_image_in_a_concurrent_batch_fails_only_itself(client: TestClient, gated: GatedModel) -> None:
+    bodies = [PNG, PNG, b"not an image at all", PNG, TRUNCATED, PNG]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first, queued = queue_behind_first_batch(client, gated, pool, bodies)
+        bad_text, bad_png = queued[2].result(30), queued[4].result(30)  # refused before the queue
+        batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+        wait_for(lambda: batcher.queued_images == 4, "the four good images queued")
+        gated.gate.set()
+        good = [first.result(30), *(queued[i].result(30) for i in (0, 1, 3, 5))]
+    assert (bad_text.status_code, bad_text.json()["error"]["code"]) == (415, "unsupported_media_type")
+    assert (bad_png.status_code, bad_png.json()["error"]["code"]) == (400, "invalid_image")
+    assert [r.status_code for r in good] == [200] * 5
+    assert [r.json()["filename"] for r in good[1:]] == ["0.png", "1.png", "3.png", "5.png"]
+    assert gated.batch_sizes == [1, 4]
+
+
+def test_full_queue_answers_503_with_retry_after(make_client: Callable[..., TestClient], settings: Settings) -> None:
+    client = make_client(settings.model_copy(update={"max_queue": 2}))
+    predictor = client.app.state.service.predictor  # type: ignore[attr-defined]
+    gated = GatedModel(predictor.model)
+    predictor.model = gated
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            first, queued = queue_behind_first_batch(client, gated, pool, [PNG, PNG])
+            wait_for(lambda: client.app.state.service.batcher.queued_images == 2, "a full queue")  # type: ignore[attr-defined]
+            refused = predict(client)
+            gated.gate.set()
+            accepted = [first.result(30), *(future.result(30) for future in queued)]
+    finally:
+        gated.gate.set()
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "overloaded"
+    assert refused.headers["x-request-id"] == refused.json()["error"]["request_id"]
+    assert [r.status_code for r in accepted] == [200] * 3
+    assert predict(client).status_code == 200  # the queue drained: served again
+
+
+def test_batching_off_serves_each_request_on_its_own(
+    make_client: Callable[..., TestClient], settings: Settings
+) -> None:
+    client = make_client(settings.model_copy(update={"batching": False}))
+    assert client.app.state.service.batcher is None  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(lambda i: predict(client, name=f"{i}.png"), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(r.json()["filename"] for r in responses) == sorted(f"{i}.png" for i in range(8))
+    assert sample(client, "fashion_batch_size_count") == 0
+    many = client.post("/predict", files=[("files", (f"{i}.png", PNG, "image/png")) for i in range(3)])
+    assert [p["filename"] for p in many.json()["predictions"]] == ["0.png", "1.png", "2.png"]
+
+
+def test_fast_lane_answers_exactly_as_the_route(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    read_uploads = app.routes.predict.read_uploads
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return await read_uploads(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(app.routes.predict, "read_uploads", counting)
+    fast = predict(client)
+    assert calls == []  # the plain request never reached the route
+    routed = predict(client, top_k="3")  # a query string goes to the route
+    assert calls == [1]
+    raw = client.post("/predict", content=PNG, headers={"content-type": "image/png"})
+    assert calls == [1]
+    for response in (fast, routed, raw):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        PredictResponse.model_validate_json(response.content)  # the documented schema, exactly
+    body, reference = fast.json(), routed.json()
+    body.pop("inference_ms"), reference.pop("inference_ms")
+    assert body == reference
+    assert raw.json()["filename"] is None and raw.json()["probabilities"] == body["probabilities"]
+    batch = client.post("/predict", files=[("files", ("a.png", PNG, "image/png"))])
+    BatchPredictResponse.model_validate_json(batch.content)
+    metrics = client.get("/metrics").text
+    assert 'fashion_requests_total{method="POST",route="/predict",status="200"} 4.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b"", 400, "invalid_image"),
+        (TRUNCATED, 400, "invalid_image"),
+        (b"%PDF-1.4", 415, "unsupported_media_type"),
+    ],
+)
+def test_fast_lane_errors_are_the_routes(client: TestClient, data: bytes, status: int, code: str) -> None:
+    for params in ({}, {"top_k": "3"}):  # fast lane, then route
+        response = predict(client, data, **params)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code), params
+        assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
+
+
+def test_fast_lane_checks_the_api_key(make_client: Callable[..., TestClient], settings: Settings) -> None:
+    client = make_client(Settings(model_path=settings.model_path, device="cpu", api_key="s3cret"))
+    assert predict(client).status_code == 401
+    response = client.post(
+        "/predict", files={"file": ("g.png", PNG, "image/png")}, headers={"Authorization": "Bearer s3cret"}
+    )
+    assert response.status_code == 200
+
+
+def test_batcher_never_exceeds_max_batch_size_and_never_splits_a_request() -> None:
+    sizes: list[int] = []
+
+    def model(pixels: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(pixels))
+        time.sleep(0.01)  # let the queue fill behind each batch
+        return torch.full((len(pixels), 10), 0.1)
+
+    async def run() -> list[int]:
+        batcher = Batcher(model, max_batch_size=8, max_wait_s=0, max_queue=100)
+        batcher.start()
+        try:
+            lone = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            await asyncio.sleep(0.005)  # the batcher took it at once, alone
+            rest = [batcher.submit(torch.zeros(k, 28, 28, dtype=torch.uint8)) for k in (3, 3, 3, 5, 2, 8, 1)]
+            results = await asyncio.gather(lone, *rest)
+        finally:
+            await batcher.stop()
+        return [len(probabilities) for probabilities, _seconds in results]
+
+    assert asyncio.run(run()) == [1, 3, 3, 3, 5, 2, 8, 1]  # each request gets its own rows back
+    assert sum(sizes) == 26 and max(sizes) <= 8
+    assert sizes[0] == 1  # a lone first request waited for nobody
+
+
+def test_batcher_refuses_beyond_max_queue_without_queueing() -> None:
+    async def run() -> None:
+        batcher = Batcher(lambda p: torch.zeros(len(p), 10), max_batch_size=4, max_wait_s=0, max_queue=3)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit(torch.zeros(4, 28, 28, dtype=torch.uint8))
+        assert refused.value.headers == {"Retry-After": "1"}
+        assert batcher.queued_images == 0
+        await batcher.stop()
+
+    asyncio.run(run())
+
+
+def test_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
+    sizes: list[int] = []
+
+    def model(pixels: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(pixels))
+        return torch.zeros(len(pixels), 10)
+
+    async def run() -> None:
+        batcher = Batcher(model, max_batch_size=4, max_wait_s=0.5, max_queue=100)
+        batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            await asyncio.sleep(0.05)  # the batcher is waiting for company, not computing
+            assert sizes == []
+            rest = [batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)) for _ in range(3)]
+            await asyncio.gather(first, *rest)
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+    assert sizes == [4]  # full before the deadline: one pass, without waiting it out
