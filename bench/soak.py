@@ -44,6 +44,7 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 HEADING = "## Soak"
 UPLOAD_LIMIT = 256 * 1024  # small, so that "oversized" requests are cheap to send
 MB = 1024 * 1024
+NAMELESS_PART = b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n"  # a part without a name: 400
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def kinds() -> list[Kind]:
             "malformed-multipart",
             3,
             frozenset({400}),
-            lambda r: raw(b"--x\r\nbroken", "multipart/form-data; boundary=x"),
+            lambda r: raw(NAMELESS_PART, "multipart/form-data; boundary=x"),
         ),
         Kind("oversized-body", 2, frozenset({413}), lambda r: raw(oversized, "application/octet-stream")),
         Kind("bad-parameter", 3, frozenset({422}), lambda r: {**files(r.choice(pngs)), "params": {"top_k": 99}}),
@@ -200,6 +201,7 @@ def start_server(model: Path, log_path: Path) -> tuple[subprocess.Popen[bytes], 
         "FASHION_LOG_LEVEL": "info",
     }
     command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    command.append("--no-access-log")  # as `make serve`: the app writes its own access log
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -334,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(upload limit {UPLOAD_LIMIT // 1024} KiB; other settings default).",
         "",
         f"- machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; client and server share the cores",
+        f"{platform.system()} {platform.release()}; client and server share the cores, so latencies include"
+        " queueing behind the Python client (throughput is measured by bench/run.py, not here)",
         f"- {seconds:.1f} s, {sent / seconds:,.0f} requests/s; latency p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
         f"max {1000 * max(all_latencies, default=0):.0f} ms",
         f"- server RSS: {rss_start / MB:.0f} MB at start, {rss_warm / MB:.0f} MB after warm-up "
