@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
+import pyspng
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -15,6 +17,8 @@ from models import IMAGE_SIDE
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 INVERTED = bytes(range(255, -1, -1))  # bytes.translate table: v -> 255 - v
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIMPLE_PNG_COLOUR_TYPES = (0, 2)  # 8-bit grayscale and RGB: what FashionMNIST images and most photos are
 
 
 class InvertMode(StrEnum):
@@ -34,7 +38,37 @@ class DecodedImage:
 
 def decode_image(data: bytes, *, invert: InvertMode = InvertMode.AUTO, max_pixels: int = 40_000_000) -> DecodedImage:
     """Decide the format from the bytes, refuse bombs before decoding, and fit the first frame into 28x28."""
-    return fit_image(open_image(data, max_pixels), invert)
+    return decode_simple_png(data, invert, max_pixels) or fit_image(open_image(data, max_pixels), invert)
+
+
+def simple_png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of an 8-bit grayscale or RGB PNG without EXIF, read from its header; None for anything else."""
+    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour_type = struct.unpack_from(">IIBB", data, 16)
+    if depth != 8 or colour_type not in SIMPLE_PNG_COLOUR_TYPES or b"eXIf" in data:
+        return None
+    return width, height
+
+
+def decode_simple_png(data: bytes, invert: InvertMode, max_pixels: int) -> DecodedImage | None:
+    """The common PNG through libspng, in one C call: a 28x28 one in ~7 us where Pillow's chunk reader takes ~35.
+
+    Pixels are identical to Pillow's (lossless format, same grayscale conversion after). Anything else, a
+    bomb or a PNG libspng refuses included, is None: Pillow's path then decides, and words the error.
+    """
+    size = simple_png_size(data)
+    if size is None or not 0 < size[0] * size[1] <= max_pixels:
+        return None
+    try:
+        array = pyspng.load(data)
+    except RuntimeError:
+        return None
+    if array.shape == (IMAGE_SIDE, IMAGE_SIDE):  # grayscale at the model's size, as FashionMNIST: no Pillow at all
+        pixels, inverted = _fit_bytes(array.tobytes(), IMAGE_SIDE, IMAGE_SIDE, invert)
+    else:
+        pixels, inverted = _fit_gray(to_grayscale(Image.fromarray(array)), invert)
+    return DecodedImage(pixels=pixels, format="PNG", width=size[0], height=size[1], inverted=inverted)
 
 
 def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
@@ -70,11 +104,16 @@ def _to_model_pixels(image: Image.Image, invert: InvertMode) -> tuple[torch.Tens
     if image.format in ("JPEG", "MPO"):
         # Decode luma only, at the smallest DCT scale still at least 4x the target: far less work.
         image.draft("L", (IMAGE_SIDE * 4, IMAGE_SIDE * 4))
-    gray = to_grayscale(upright(image))
+    return _fit_gray(to_grayscale(upright(image)), invert)
+
+
+def _fit_gray(gray: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
     if gray.size != (IMAGE_SIDE, IMAGE_SIDE):
         gray = gray.resize(_contained_size(gray.size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    width, height = gray.size
-    fitted = gray.tobytes()
+    return _fit_bytes(gray.tobytes(), gray.width, gray.height, invert)
+
+
+def _fit_bytes(fitted: bytes, width: int, height: int, invert: InvertMode) -> tuple[torch.Tensor, bool]:
     should_invert = invert == InvertMode.TRUE or (invert == InvertMode.AUTO and has_light_background(fitted, width))
     if should_invert:
         fitted = fitted.translate(INVERTED)
