@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from fastapi import Request
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.errors import InvalidRequest, MissingField, PayloadTooLarge, UnsupportedMediaType
 from app.service import Upload
 
 RAW_BODY_TYPES = ("application/octet-stream",)
+
+
+class InMemoryMultiPartParser(MultiPartParser):
+    """Starlette's parser, but file parts stay in memory: each is read into bytes right after parsing anyway,
+    and the body limit bounds them, so spooling parts over 1 MB to disk would only write files: none can be
+    written on a read-only root filesystem without a tmpfs (there it answered 500)."""
+
+    spool_max_size = 2**63 - 1
 
 
 async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool]:
@@ -27,10 +37,12 @@ async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload],
 
 async def _read_multipart(request: Request, max_images: int) -> tuple[list[Upload], bool]:
     try:
-        # One more than allowed so that "too many" is ours to word, not the parser's.
-        form = await request.form(max_files=max_images + 1, max_fields=32)
-    except StarletteHTTPException as exc:  # the parser's 400 for malformed multipart
-        raise InvalidRequest(f"malformed multipart body: {exc.detail}") from None
+        async with aclosing(request.stream()) as stream:
+            # One more than allowed so that "too many" is ours to word, not the parser's.
+            parser = InMemoryMultiPartParser(request.headers, stream, max_files=max_images + 1, max_fields=32)
+            form = await parser.parse()
+    except MultiPartException as exc:  # malformed multipart
+        raise InvalidRequest(f"malformed multipart body: {exc.message}") from None
     try:
         single, many = form.getlist("file"), form.getlist("files")
         if not single and not many:

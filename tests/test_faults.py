@@ -9,6 +9,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import pytest
 import safetensors.torch
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from app.config import Settings
 from models import NeuralNetwork
@@ -321,3 +323,18 @@ def test_hung_model_answers_503_after_the_request_timeout_and_recovers(
     after = predict(client, "after")
     assert after.status_code == 200, after.text
     assert hung.calls == 2
+
+
+def test_no_writable_temp_directory_still_serves_large_multipart_parts(
+    make_client: Callable[..., TestClient], artifact_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only root filesystem without a tmpfs: parts over 1 MB must not need a temp file."""
+    client = make_client(Settings(model_path=artifact_path, device="cpu"))
+    big = image_bytes(Image.effect_noise((1200, 1200), 60), "PNG")
+    assert len(big) > 1024 * 1024  # over Starlette's default spool size
+    monkeypatch.setattr(tempfile, "tempdir", "/proc/no-temp-directory-here")
+    with pytest.raises(OSError), tempfile.TemporaryFile():  # the premise: nothing can be spooled to disk
+        pass
+    files = [("files", (f"{i}.png", big, "image/png")) for i in range(2)]
+    for response in (client.post("/predict", files=files), client.post("/predict", files={"file": files[0][1]})):
+        assert response.status_code == 200, response.text
