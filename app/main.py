@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -62,9 +63,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         app.state.metrics.model_info.info({"version": predictor.version, "device": str(device)})
         log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
+    # Torch, the app and the model live as long as the process: keep them out of the collector's full passes,
+    # which walk all ~220k of them (~100 ms, measured) every second or two under load: the p99 latency.
+    gc.collect()
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         if batcher is not None:
             await batcher.stop()
 
