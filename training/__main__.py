@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--standardize",
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS.standardize,
-        help="train on per-pixel standardised inputs, then fold the map into the first layer",
+        help="train on inputs centred per pixel and scaled, then fold that map into the first layer",
     )
     parser.add_argument(
         "--precision",

@@ -24,7 +24,7 @@ MAX_SHIFT = 8  # pixels; beyond this a 28 x 28 garment is mostly off the canvas
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 16
-    batch_size: int = 256
+    batch_size: int = 512  # twice the images per step for ~1.4x the step time on CPU: epochs get cheaper
     lr: float = 3e-3
     optimizer: str = "adamw"
     weight_decay: float = 5e-4
@@ -33,7 +33,7 @@ class TrainConfig:
     shift: int = 0  # max random translation in pixels (0: none)
     erase: float = 0.0  # probability of random erasing per image
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none)
-    standardize: bool = False  # train on per-pixel standardised inputs, fold the map into layer 0 after
+    standardize: bool = True  # train on per-pixel centred inputs, fold the map into layer 0 after
     precision: str = "auto"  # auto: bf16 autocast where the hardware has it, else fp32
     seed: int = 0
     max_batches: int | None = None  # --dry-run: a few batches per epoch, for smoke tests
@@ -128,28 +128,28 @@ def augment(x: torch.Tensor, config: TrainConfig, generator: torch.Generator) ->
     return x
 
 
-# Added to each pixel's standard deviation: the border pixels are almost always 0, and dividing
-# by their tiny spread would blow rare stray values up into huge inputs (0.05 measured best of 0.02-0.1).
-STD_FLOOR = 0.05
-
-
 @dataclass(frozen=True)
 class Standardizer:
-    """Per-pixel standardisation, (x - mean) / (std + STD_FLOOR), estimated on the training images.
+    """Centre each pixel on its training mean and divide by one global spread: (x - mean) / std.
 
-    Centring and scaling each pixel on its own puts all 784 inputs on one footing, so the first
-    layer learns at one pace across the image. It is affine, so it folds exactly into layer 0.
+    Centring each of the 784 inputs separately keeps the first layer's pre-activations near zero
+    for a typical garment, so one-cycle's high learning rate trains faster and generalises better
+    (measured: +0.2-0.3 points). It is affine, so it folds exactly into layer 0 and the saved model
+    takes [0, 1] pixels. Dividing each pixel by its *own* spread scored a little higher again, but
+    Adam then grows large weights on the near-constant border pixels, and the folded model fell
+    from 90 % to 15 % on test images whose 20 always-black corner pixels were set to white (this
+    version: about 55 %, the plain recipe 76 %); served photos rarely have perfectly black borders.
     """
 
-    mean: torch.Tensor  # 1 x 28 x 28
-    scale: torch.Tensor  # 1 x 28 x 28, the divisor
+    mean: torch.Tensor  # 1 x 28 x 28, per pixel
+    std: float  # one number for all pixels
 
     @classmethod
     def fit(cls, x: torch.Tensor) -> Standardizer:
-        return cls(mean=x.mean(0), scale=x.std(0) + STD_FLOOR)
+        return cls(mean=x.mean(0), std=float(x.std()))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.device)) / self.scale.to(x.device)
+        return (x - self.mean.to(x.device)) / self.std
 
     def fold_into(self, model: NeuralNetwork) -> None:
         """Rewrite layer 0 to take [0, 1] pixels: W((x - m) / s) + b = (W / s) x + (b - (W / s) m).
@@ -158,7 +158,7 @@ class Standardizer:
         """
         first = model.linear_relu_stack[0]
         with torch.no_grad():
-            weight = first.weight.double() / self.scale.flatten().double().to(first.weight.device)
+            weight = first.weight.double() / self.std
             first.bias -= (weight @ self.mean.flatten().double().to(weight.device)).to(first.bias.dtype)
             first.weight.copy_(weight)
 
