@@ -125,6 +125,7 @@ def write_atomically(path: Path, data: bytes) -> None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as tmp:
+            os.fchmod(tmp.fileno(), _new_file_mode())
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
@@ -137,6 +138,14 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _new_file_mode() -> int:
+    """0o666 less the umask, as a plain open() gives: mkstemp's 0o600 would hide the file from a server
+    (or container user) that is not the user who trained."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def save_artifact(path: Path | str, model: torch.nn.Module, metadata: ArtifactMetadata) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -242,4 +244,8 @@ def test_dry_run_writes_verified_artifact_and_report(
     json.dumps(metadata.to_dict())  # the metadata is plain JSON
     for suffix in (".confusion.png", ".curves.png"):
         assert (tmp_path / f"model{suffix}").read_bytes().startswith(PNG_MAGIC)
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in tmp_path.iterdir():  # readable like any file the user writes, not mkstemp's 0o600
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
     assert "overall" in capsys.readouterr().out
