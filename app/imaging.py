@@ -46,9 +46,22 @@ def simple_png_size(data: bytes) -> tuple[int, int] | None:
     if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
     width, height, depth, colour_type = struct.unpack_from(">IIBB", data, 16)
-    if depth != 8 or colour_type not in SIMPLE_PNG_COLOUR_TYPES or b"eXIf" in data:
+    if depth != 8 or colour_type not in SIMPLE_PNG_COLOUR_TYPES or _has_exif_chunk(data):
         return None
     return width, height
+
+
+def _has_exif_chunk(data: bytes) -> bool:
+    """Walk the chunk headers (a handful: IHDR, a few IDATs, IEND) rather than search the whole file."""
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            return False
+        position += 12 + length
+    return False
 
 
 def decode_simple_png(data: bytes, invert: InvertMode, max_pixels: int) -> DecodedImage | None:

@@ -197,8 +197,9 @@ def table(cells: dict[tuple[str, int, str], Cell], servers: list[str]) -> list[s
 
 
 def ceiling_for(name: str, servers: list[str]) -> str:
-    """Compare each server with the ceiling on its own event loop (uvloop for the app)."""
-    if name.startswith("app") or name == "ceiling-uvloop":
+    """Compare each server with the ceiling on its own event loop: uvloop + httptools for the app, and for the
+    naive server too, since uvicorn picks them by default when installed (uvicorn[standard])."""
+    if name != "ceiling-asyncio":
         return "ceiling-uvloop" if "ceiling-uvloop" in servers else "ceiling-asyncio"
     return "ceiling-asyncio"
 
