@@ -12,7 +12,11 @@ def test_bad_setting_stops_startup_naming_the_variable() -> None:
     env = {**os.environ, "FASHION_MAX_UPLOAD_BYTES": "0", "FASHION_DEVICE": "gpu"}
     result = subprocess.run(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "1"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "FASHION_MAX_UPLOAD_BYTES: Input should be greater than or equal to 1" in result.stderr
