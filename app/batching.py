@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -76,7 +77,7 @@ class Batcher:
         if self._queued_images + len(pixels) > self._max_queue:
             raise Overloaded("the model queue is full; retry shortly", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
-        job = _Job(pixels, loop.create_future(), loop.time())
+        job = _Job(pixels, loop.create_future(), time.perf_counter())
         self._queued_images += len(pixels)
         self._pending.append(job)
         self._arrived.set()
@@ -91,7 +92,7 @@ class Batcher:
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
         pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([job.pixels for job in jobs])
-        started = loop.time()
+        started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps
         try:
             probabilities = await loop.run_in_executor(self._executor, self._predict, pixels)
         except Exception:  # the model failed: fail this batch, keep serving the next
@@ -100,7 +101,7 @@ class Batcher:
                 if not job.future.done():
                     job.future.set_exception(ModelFailed("the model failed on this request's batch; retry it"))
             return
-        seconds = loop.time() - started
+        seconds = time.perf_counter() - started
         assert len(probabilities) == len(pixels), "a batch must yield one output per input"
         if self._on_batch is not None:
             self._on_batch(len(pixels), seconds, [started - job.queued_at for job in jobs])
