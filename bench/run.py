@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -298,8 +299,18 @@ def main(argv: list[str] | None = None) -> None:
         *(f"- {'PASS' if passed else 'FAIL'}: {text}: {figure}" for text, passed, figure in checks),
         "",
     ]
-    args.out.write_text("\n".join(report))
+    kept = sections_of_others(args.out.read_text()) if args.out.exists() else []
+    args.out.write_text("\n".join(report) + "".join(f"\n{section}" for section in kept))
     print(f"written to {args.out}", file=sys.stderr)
+
+
+OWN_SECTIONS = ("## Acceptance",)
+
+
+def sections_of_others(text: str) -> list[str]:
+    """The `## ` sections this runner does not write (the soak's, notes by hand), to keep them on a rewrite."""
+    sections = re.split(r"^(?=## )", text, flags=re.MULTILINE)[1:]  # [0] is the title and table: ours
+    return [section.rstrip() + "\n" for section in sections if section.splitlines()[0].strip() not in OWN_SECTIONS]
 
 
 if __name__ == "__main__":
