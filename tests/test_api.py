@@ -84,3 +84,19 @@ def test_model_params_lists_every_parameter_with_values(client: TestClient) -> N
     assert len(body["parameters"][0]["values"]) == 2
     assert body["total_parameters"] == 669_706
     assert "linear_relu_stack" in body["module_tree"]
+
+
+def test_metrics_expose_requests_latency_batches_and_model_without_created_series(client: TestClient) -> None:
+    assert client.post("/predict", files={"file": ("g.png", image_bytes(garment(), "PNG"), "image/png")}).is_success
+    text = client.get("/metrics").text
+    assert 'fashion_requests_total{method="POST",route="/predict",status="200"} 1.0' in text
+    for family in (
+        "fashion_request_seconds",
+        "fashion_batch_size",
+        "fashion_queue_wait_seconds",
+        "fashion_model_seconds",
+    ):
+        assert f"{family}_count" in text
+    assert "fashion_queue_images 0.0" in text
+    assert "fashion_model_info{" in text
+    assert "_created" not in text
