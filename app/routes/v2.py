@@ -83,6 +83,29 @@ class NotReadyV2(ServiceError):
     code = "not_ready"
 
 
+class OipError(BaseModel):
+    """The protocol's error body."""
+
+    error: str
+
+
+def _errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
+    return {int(code[1:]): {"model": OipError, "description": text} for code, text in descriptions.items()}
+
+
+AUTH = {"_401": "API key required (when FASHION_API_KEY is set)"}
+METADATA_ERRORS = _errors(**AUTH, _404="unknown model or version", _503="model not loaded yet (see Retry-After)")
+READY_ERRORS = _errors(_400="not ready: the reason", _404="unknown model or version")
+INFER_ERRORS = _errors(
+    **AUTH,
+    _400="malformed request, tensor shape or data, or a corrupt image",
+    _404="unknown model or version",
+    _413="body over the upload limit, too many images, or an image with too many pixels",
+    _415="an image in an unsupported format",
+    _503="model not loaded yet, or the queue is full (see Retry-After)",
+)
+
+
 class RequestInput(BaseModel):
     name: str
     datatype: str
@@ -144,7 +167,7 @@ async def server_live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", responses=READY_ERRORS)
 async def server_ready(request: Request) -> dict[str, bool]:
     """The model is loaded; 400 with the reason otherwise, as the protocol's 4xx means false."""
     if request.app.state.service is None:
@@ -152,37 +175,39 @@ async def server_ready(request: Request) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("/models/{name}", dependencies=KEYED)
+@router.get("/models/{name}", dependencies=KEYED, responses=METADATA_ERRORS)
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     """The model's name, version (the weights' hash), inputs and outputs."""
     return describe_model(loaded_model(request, name, None))
 
 
-@router.get("/models/{name}/versions/{version}", dependencies=KEYED)
+@router.get("/models/{name}/versions/{version}", dependencies=KEYED, responses=METADATA_ERRORS)
 async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     """The same, for one version: the only one this server has."""
     return describe_model(loaded_model(request, name, version))
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", responses=READY_ERRORS)
 async def model_ready(request: Request, name: str) -> dict[str, Any]:
     """Whether the model can take inference requests; 400 with the reason if not, 404 if unknown."""
     return check_model_ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", responses=READY_ERRORS)
 async def version_ready(request: Request, name: str, version: str) -> dict[str, Any]:
     """The same, for one version."""
     return check_model_ready(request, name, version)
 
 
-@router.post("/models/{name}/infer", dependencies=KEYED, openapi_extra=INFER_EXAMPLE)
+@router.post("/models/{name}/infer", dependencies=KEYED, responses=INFER_ERRORS, openapi_extra=INFER_EXAMPLE)
 async def infer(request: Request, settings: SettingsDep, name: str) -> Response:
     """Classify FP32 pixels or BYTES encoded images: FP32 probabilities [N,10] and INT64 class index [N]."""
     return await run_inference(request, settings, loaded_model(request, name, None))
 
 
-@router.post("/models/{name}/versions/{version}/infer", dependencies=KEYED, openapi_extra=INFER_EXAMPLE)
+@router.post(
+    "/models/{name}/versions/{version}/infer", dependencies=KEYED, responses=INFER_ERRORS, openapi_extra=INFER_EXAMPLE
+)
 async def version_infer(request: Request, settings: SettingsDep, name: str, version: str) -> Response:
     """The same, for one version."""
     return await run_inference(request, settings, loaded_model(request, name, version))
