@@ -53,7 +53,7 @@ def short_fit(config: TrainConfig) -> NeuralNetwork:
         (["--weight-decay", "-1"], "--weight-decay: must be 0 or more"),
         (["--label-smoothing", "1.5"], "--label-smoothing: must be at least 0 and below 1"),
         (["--ema", "1"], "--ema: must be at least 0 and below 1"),
-        (["--shift", "20"], "--shift: must be at most 8 pixels"),
+        (["--shift", "20"], "--shift: must be 0 or more and at most 8 pixels, got 20"),
         (["--optimizer", "lbfgs"], "--optimizer: invalid choice: 'lbfgs'"),
         (["--recipe", "fast"], "--recipe: invalid choice: 'fast'"),
         (["--device", "tpu"], "--device: invalid choice: 'tpu'"),

@@ -9,8 +9,10 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -49,47 +51,23 @@ def _number(text: str, kind: type[int] | type[float]) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def bounded(kind: type[int] | type[float], accepts: Callable[[float], bool], requirement: str) -> Callable[[str], Any]:
+    """An argparse type: a finite number of ``kind`` that ``accepts``, else "must be <requirement>, got ..."."""
+
+    def parse(text: str) -> int | float:
+        value = _number(text, kind)
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(_number(text, float))
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A probability-like setting in [0, 1)."""
-    value = float(_number(text, float))
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
-
-
-def shift_pixels(text: str) -> int:
-    value = non_negative_int(text)
-    if value > MAX_SHIFT:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SHIFT} pixels, got {value}")
-    return value
+positive_int = bounded(int, lambda value: value >= 1, "at least 1")
+positive_float = bounded(float, lambda value: value > 0, "greater than 0")
+non_negative_float = bounded(float, lambda value: value >= 0, "0 or more")
+fraction = bounded(float, lambda value: 0 <= value < 1, "at least 0 and below 1")  # a probability-like setting
+shift_pixels = bounded(int, lambda value: 0 <= value <= MAX_SHIFT, f"0 or more and at most {MAX_SHIFT} pixels")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
