@@ -10,7 +10,18 @@
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
-tool=${CONTAINER_TOOL:-$root/../shared/tools/container}
+# The tool: $CONTAINER_TOOL, else ../shared/tools/container beside the checkout, else beside the main
+# checkout of this repository (for a clone made elsewhere), else `container` on the PATH.
+tool=${CONTAINER_TOOL:-}
+if [ -z "$tool" ]; then
+  main_checkout=$(dirname "$(git rev-parse --path-format=absolute --git-common-dir)")
+  for candidate in "$root/../shared/tools/container" "$main_checkout/../shared/tools/container" \
+                   "$(git config --get remote.origin.url 2>/dev/null || true)/../shared/tools/container" \
+                   "$(command -v container || true)"; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && [ -f "$candidate" ]; then tool=$candidate; break; fi
+  done
+  tool=${tool:-$root/../shared/tools/container}
+fi
 image=${IMAGE:-fashion-serve:smoke}
 port=${SMOKE_PORT:-18000}
 PY=${PY:-.venv/bin/python}
