@@ -1,0 +1,112 @@
+"""The PNG path for photos: rows inflated by libdeflate, then unfiltered by libspng, must see what Pillow sees."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pyspng
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from app.errors import InvalidImage
+from app.imaging import (
+    InvertMode,
+    _pre_inflated,
+    decode_image,
+    decode_simple_png,
+    fit_image,
+    open_image,
+    simple_png_size,
+)
+from tests.conftest import garment, image_bytes
+
+
+def noise_photo(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    """Incompressible pixels: several IDAT chunks, rows well above the size where libdeflate takes over."""
+    bands = [Image.effect_noise(size, 60) for _ in Image.new(mode, (1, 1)).getbands()]
+    return Image.merge(mode, bands)
+
+
+def chunks(data: bytes) -> list[tuple[int, bytes]]:
+    """(offset, kind) of every chunk."""
+    found, position = [], 8
+    while position < len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        found.append((position, kind))
+        position += 12 + length
+    return found
+
+
+def with_fixed_crc(data: bytearray, offset: int) -> bytes:
+    length = struct.unpack_from(">I", data, offset)[0]
+    crc = zlib.crc32(bytes(data[offset + 4 : offset + 8 + length]))
+    data[offset + 8 + length : offset + 12 + length] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+GAMMA = PngImagePlugin.PngInfo()
+GAMMA.add_text("Comment", "a text chunk before the rows")
+
+PHOTOS = {
+    "rgb-300": image_bytes(noise_photo((300, 300)), "PNG"),
+    "rgb-tall-90x700": image_bytes(noise_photo((90, 700)), "PNG"),
+    "gray-400x300": image_bytes(noise_photo((400, 300), "L"), "PNG"),
+    "rgb-light-garment": image_bytes(garment((320, 240), mode="RGB", light_background=True), "PNG", compress_level=0),
+    "rgb-with-text-chunk": image_bytes(noise_photo((300, 300)), "PNG", pnginfo=GAMMA),
+    "rgb-transparent-colour": image_bytes(noise_photo((300, 300)), "PNG", transparency=(0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("data", PHOTOS.values(), ids=PHOTOS.keys())
+def test_stored_rows_decode_to_the_same_array_as_libspng_alone(data: bytes) -> None:
+    width, height = struct.unpack_from(">II", data, 16)
+    rewritten = _pre_inflated(data, width, height)
+    assert rewritten is not None and rewritten != data, "these rows are large enough for libdeflate"
+    assert np.array_equal(pyspng.load(rewritten), pyspng.load(data))
+
+
+@pytest.mark.parametrize("data", PHOTOS.values(), ids=PHOTOS.keys())
+@pytest.mark.parametrize("invert", list(InvertMode))
+def test_photo_png_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
+    fast = decode_simple_png(data, invert, 10**8)
+    reference = fit_image(open_image(data), invert)
+    assert fast is not None
+    assert torch.equal(fast.pixels, reference.pixels)
+    assert fast.inverted == reference.inverted
+
+
+def test_small_pngs_keep_libspngs_own_inflate() -> None:
+    for data, side in ((image_bytes(garment(), "PNG"), 28), (image_bytes(noise_photo((100, 100)), "PNG"), 100)):
+        assert _pre_inflated(data, side, side) is data  # up to 30 KB of rows
+
+
+def test_a_wrong_idat_crc_is_refused_as_pillow_refuses_it() -> None:
+    data = bytearray(PHOTOS["rgb-300"])
+    offset = next(offset for offset, kind in chunks(bytes(data)) if kind == b"IDAT")
+    data[offset + 8 + 100] ^= 0xFF  # a byte of the compressed rows; the chunk's CRC now disagrees
+    assert simple_png_size(bytes(data)) is None  # libspng would not notice: Pillow's path decides
+    with pytest.raises(InvalidImage):
+        decode_image(bytes(data))
+
+
+def test_rows_that_do_not_inflate_are_refused() -> None:
+    data = bytearray(PHOTOS["rgb-300"])
+    offset = next(offset for offset, kind in chunks(bytes(data)) if kind == b"IDAT")
+    data[offset + 8 + 100] ^= 0xFF
+    corrupt = with_fixed_crc(data, offset)  # CRC right, deflate stream or its checksum wrong
+    assert _pre_inflated(corrupt, 300, 300) is None
+    with pytest.raises(InvalidImage):
+        decode_image(corrupt)
+
+
+def test_rows_short_of_the_declared_height_are_left_to_pillow() -> None:
+    data = bytearray(PHOTOS["rgb-300"])
+    data[20:24] = struct.pack(">I", 301)  # IHDR height one row more than the rows hold
+    taller = with_fixed_crc(data, 8)
+    assert _pre_inflated(taller, 300, 301) is None
+    assert decode_simple_png(taller, InvertMode.AUTO, 10**8) is None
+    reference = fit_image(open_image(taller), InvertMode.AUTO)  # Pillow pads the missing row
+    assert torch.equal(decode_image(taller).pixels, reference.pixels)
