@@ -9,6 +9,7 @@ from enum import StrEnum
 
 import deflate
 import pyspng
+import simplejpeg
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
@@ -21,6 +22,8 @@ INVERTED = bytes(range(255, -1, -1))  # bytes.translate table: v -> 255 - v
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIMPLE_PNG_COLOUR_TYPES = (0, 2)  # 8-bit grayscale and RGB: what FashionMNIST images and most photos are
 PNG_CHANNELS = {0: 1, 2: 3}
+JPEG_SOI, JPEG_SOS, JPEG_APP1 = b"\xff\xd8", 0xDA, 0xE1
+SIMPLE_JPEG_COLOURSPACES = ("Gray", "YCbCr")  # what cameras and the web send; CMYK and YCCK go through Pillow
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Filtered rows this size or larger are inflated by libdeflate first (below it libspng's own inflate is as quick),
 # up to a bound that keeps the extra copies (rows, stored stream, new file: ~3x) small beside the decoded image.
@@ -48,7 +51,16 @@ class DecodedImage:
 
 def decode_image(data: bytes, *, invert: InvertMode = InvertMode.AUTO, max_pixels: int = 40_000_000) -> DecodedImage:
     """Decide the format from the bytes, refuse bombs before decoding, and fit the first frame into 28x28."""
-    return decode_simple_png(data, invert, max_pixels) or fit_image(open_image(data, max_pixels), invert)
+    return decode_simple(data, invert, max_pixels) or fit_image(open_image(data, max_pixels), invert)
+
+
+def decode_simple(data: bytes, invert: InvertMode, max_pixels: int, max_size: int | None = None) -> DecodedImage | None:
+    """A simple PNG or JPEG through its one-call C decoder; None for anything else, or over ``max_size`` pixels."""
+    for size_of, decode in ((simple_png_size, decode_simple_png), (simple_jpeg_size, decode_simple_jpeg)):
+        size = size_of(data)
+        if size is not None:
+            return decode(data, invert, max_pixels, size) if max_size is None or size[0] * size[1] <= max_size else None
+    return None
 
 
 def simple_png_size(data: bytes) -> tuple[int, int] | None:
@@ -80,13 +92,16 @@ def _sound_without_exif(data: bytes) -> bool:
     return False
 
 
-def decode_simple_png(data: bytes, invert: InvertMode, max_pixels: int) -> DecodedImage | None:
+def decode_simple_png(
+    data: bytes, invert: InvertMode, max_pixels: int, size: tuple[int, int] | None = None
+) -> DecodedImage | None:
     """The common PNG through libspng, in one C call: a 28x28 one in ~7 us where Pillow's chunk reader takes ~35.
 
     Pixels are identical to Pillow's (lossless format, same grayscale conversion after). Anything else, a
-    bomb or a PNG libspng refuses included, is None: Pillow's path then decides, and words the error.
+    bomb or a PNG libspng refuses included, is None: Pillow's path then decides, and words the error. ``size``:
+    simple_png_size's answer, when the caller has it already.
     """
-    size = simple_png_size(data)
+    size = size or simple_png_size(data)
     if size is None or not 0 < size[0] * size[1] <= max_pixels:
         return None
     png = _pre_inflated(data, *size)
@@ -137,6 +152,55 @@ def _pre_inflated(data: bytes, width: int, height: int) -> bytes | None:
     crc = deflate.crc32(stored, deflate.crc32(b"IDAT"))
     idat = [struct.pack(">I4s", len(stored), b"IDAT"), stored, struct.pack(">I", crc)]
     return b"".join([PNG_SIGNATURE, *before_rows, *idat, PNG_END])
+
+
+def simple_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a grayscale or YCbCr JPEG without EXIF, from its header; None for anything else."""
+    if not data.startswith(JPEG_SOI) or not _jpeg_headers_without_exif(data):
+        return None
+    try:
+        height, width, colourspace, _subsampling = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    return (width, height) if colourspace in SIMPLE_JPEG_COLOURSPACES else None
+
+
+def _jpeg_headers_without_exif(data: bytes) -> bool:
+    """Walk the marker segments up to the scan: well formed, and no APP1 EXIF (its orientation may turn the image)."""
+    position = len(JPEG_SOI)
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == JPEG_SOS:
+            return True
+        if marker == JPEG_APP1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+            return False
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return False
+
+
+def decode_simple_jpeg(
+    data: bytes, invert: InvertMode, max_pixels: int, size: tuple[int, int] | None = None
+) -> DecodedImage | None:
+    """The common JPEG through libjpeg-turbo (simplejpeg) in one C call: luma only, at the scale Pillow's draft picks.
+
+    The same pixels as Pillow's path (tested), ~25% sooner: no marker parsing in Python, one decoder set-up.
+    Anything else (EXIF, CMYK, a bomb, a JPEG libjpeg-turbo complains about) is None: Pillow's path then decides.
+    ``size``: simple_jpeg_size's answer, when the caller has it already.
+    """
+    size = size or simple_jpeg_size(data)
+    if size is None or not 0 < size[0] * size[1] <= max_pixels:
+        return None
+    width, height = size
+    scale = min(width // JPEG_DRAFT_SIDE, height // JPEG_DRAFT_SIDE)
+    factor = next(factor for factor in (8, 4, 2, 1) if scale >= factor or factor == 1)  # as JpegImageFile.draft
+    minimum = {"min_width": -(-width // factor), "min_height": -(-height // factor)}
+    try:
+        array = simplejpeg.decode_jpeg(data, colorspace="GRAY", **minimum)
+    except ValueError:  # corrupt or truncated: strict libjpeg-turbo refuses what Pillow would word
+        return None
+    gray = Image.frombuffer("L", (array.shape[1], array.shape[0]), array, "raw", "L", 0, 1)
+    pixels, inverted = _fit_gray(_box_reduced(gray), invert)
+    return DecodedImage(pixels=pixels, format="JPEG", width=width, height=height, inverted=inverted)
 
 
 def _box_reduced(image: Image.Image) -> Image.Image:

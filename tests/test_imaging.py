@@ -1,4 +1,5 @@
-"""The PNG path for photos: rows inflated by libdeflate, then unfiltered by libspng, must see what Pillow sees."""
+"""The fast paths for photos (PNG rows inflated by libdeflate then unfiltered by libspng; JPEG through
+libjpeg-turbo in one call) must see exactly what Pillow's path sees, and leave everything else to it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from app.imaging import (
     InvertMode,
     _pre_inflated,
     decode_image,
+    decode_simple_jpeg,
     decode_simple_png,
     fit_image,
     open_image,
@@ -110,3 +112,60 @@ def test_rows_short_of_the_declared_height_are_left_to_pillow() -> None:
     assert decode_simple_png(taller, InvertMode.AUTO, 10**8) is None
     reference = fit_image(open_image(taller), InvertMode.AUTO)  # Pillow pads the missing row
     assert torch.equal(decode_image(taller).pixels, reference.pixels)
+
+
+def jpeg(image: Image.Image, **save_args: object) -> bytes:
+    return image_bytes(image, "JPEG", **save_args)
+
+
+ROTATED = Image.Exif()
+ROTATED[0x0112] = 6  # orientation: rotate 90 degrees
+
+JPEGS = {
+    "rgb-300": jpeg(noise_photo((300, 300)), quality=90),
+    "rgb-300x200-progressive": jpeg(noise_photo((300, 200)), quality=50, progressive=True),
+    "rgb-1000x700-444": jpeg(noise_photo((1000, 700)), subsampling=0),
+    "gray-57": jpeg(noise_photo((57, 57), "L")),
+    "gray-28": jpeg(garment()),
+    "tiny-20x100": jpeg(garment((20, 100), mode="RGB")),
+    "light-garment": jpeg(garment((320, 240), mode="RGB", light_background=True)),
+}
+
+
+@pytest.mark.parametrize("data", JPEGS.values(), ids=JPEGS.keys())
+@pytest.mark.parametrize("invert", list(InvertMode))
+def test_jpeg_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
+    fast = decode_simple_jpeg(data, invert, 10**8)
+    reference = fit_image(open_image(data), invert)
+    assert fast is not None
+    assert torch.equal(fast.pixels, reference.pixels)
+    assert (fast.format, fast.width, fast.height, fast.inverted) == (
+        reference.format,
+        reference.width,
+        reference.height,
+        reference.inverted,
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        jpeg(garment((40, 30), mode="RGB"), exif=ROTATED),  # EXIF may turn it: Pillow's path reads it
+        jpeg(garment((40, 30), mode="RGB").convert("CMYK")),
+        jpeg(garment((40, 30), mode="RGB"))[:300],  # truncated: Pillow words the error
+        b"\xff\xd8\xff\xe0 not really a JPEG",
+        image_bytes(garment(), "PNG"),
+    ],
+    ids=["exif", "cmyk", "truncated", "garbage-after-soi", "png"],
+)
+def test_jpeg_fast_path_leaves_everything_else_to_pillow(data: bytes) -> None:
+    assert decode_simple_jpeg(data, InvertMode.AUTO, 10**8) is None
+
+
+def test_jpeg_fast_path_leaves_bombs_to_pillow() -> None:
+    assert decode_simple_jpeg(JPEGS["rgb-300"], InvertMode.AUTO, max_pixels=89_999) is None
+
+
+def test_truncated_jpeg_is_refused_in_words() -> None:
+    with pytest.raises(InvalidImage, match="JPEG"):
+        decode_image(JPEGS["rgb-300"][: len(JPEGS["rgb-300"]) // 2])
