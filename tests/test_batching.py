@@ -16,22 +16,18 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 from torch import nn
 
 import app.routes.predict
 from app.batching import Batcher
 from app.config import Settings
 from app.errors import Overloaded
-from app.imaging import InvertMode, decode_simple_png, fit_image, open_image
 from app.schemas import BatchPredictResponse, PredictResponse
 from tests.conftest import garment, image_bytes
 
 PNG = image_bytes(garment(), "PNG")
 BIG_PNG = image_bytes(garment((200, 200)), "PNG")
 TRUNCATED = BIG_PNG[: len(BIG_PNG) // 2]  # a header Pillow accepts, then no pixels
-ROTATED = Image.Exif()
-ROTATED[0x0112] = 6  # orientation: rotate 90 degrees
 
 
 class GatedModel(nn.Module):
@@ -266,48 +262,3 @@ def test_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
 
     asyncio.run(run())
     assert sizes == [4]  # full before the deadline: one pass, without waiting it out
-
-
-@pytest.mark.parametrize(
-    "image",
-    [
-        garment(),
-        garment((50, 31)),
-        garment((300, 200), mode="RGB", light_background=True),
-        Image.effect_noise((28, 28), 60),
-    ],
-    ids=["gray-28", "gray-50x31", "rgb-photo", "noise"],
-)
-@pytest.mark.parametrize("invert", list(InvertMode))
-def test_png_fast_path_sees_exactly_what_pillow_sees(image: Image.Image, invert: InvertMode) -> None:
-    data = image_bytes(image, "PNG")
-    fast = decode_simple_png(data, invert, 10**8)
-    reference = fit_image(open_image(data), invert)
-    assert fast is not None
-    assert torch.equal(fast.pixels, reference.pixels)
-    assert (fast.format, fast.width, fast.height, fast.inverted) == (
-        reference.format,
-        reference.width,
-        reference.height,
-        reference.inverted,
-    )
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        image_bytes(garment(mode="P"), "PNG"),  # palette
-        image_bytes(garment(mode="LA"), "PNG"),  # alpha: composited over white by Pillow's path
-        image_bytes(Image.new("I;16", (28, 28), 4000), "PNG"),  # 16-bit
-        image_bytes(garment(), "PNG", exif=ROTATED),  # turned by its EXIF orientation
-        image_bytes(garment(), "PNG")[:60],  # truncated: Pillow words the error
-        image_bytes(garment(), "JPEG"),
-    ],
-    ids=["palette", "alpha", "16-bit", "exif", "truncated", "jpeg"],
-)
-def test_png_fast_path_leaves_everything_else_to_pillow(data: bytes) -> None:
-    assert decode_simple_png(data, InvertMode.AUTO, 10**8) is None
-
-
-def test_png_fast_path_leaves_bombs_to_pillow() -> None:
-    assert decode_simple_png(image_bytes(garment((100, 100)), "PNG"), InvertMode.AUTO, max_pixels=9_999) is None

@@ -14,6 +14,7 @@ from PIL import Image, PngImagePlugin
 
 from app.errors import InvalidImage
 from app.imaging import (
+    DecodedImage,
     InvertMode,
     _pre_inflated,
     decode_image,
@@ -24,6 +25,9 @@ from app.imaging import (
     simple_png_size,
 )
 from tests.conftest import garment, image_bytes
+
+ROTATED = Image.Exif()
+ROTATED[0x0112] = 6  # orientation: rotate 90 degrees
 
 
 def noise_photo(size: tuple[int, int], mode: str = "RGB") -> Image.Image:
@@ -49,6 +53,18 @@ def with_fixed_crc(data: bytearray, offset: int) -> bytes:
     return bytes(data)
 
 
+def assert_sees_what_pillow_sees(fast: DecodedImage | None, data: bytes, invert: InvertMode) -> None:
+    reference = fit_image(open_image(data), invert)
+    assert fast is not None
+    assert torch.equal(fast.pixels, reference.pixels)
+    assert (fast.format, fast.width, fast.height, fast.inverted) == (
+        reference.format,
+        reference.width,
+        reference.height,
+        reference.inverted,
+    )
+
+
 GAMMA = PngImagePlugin.PngInfo()
 GAMMA.add_text("Comment", "a text chunk before the rows")
 
@@ -70,14 +86,38 @@ def test_stored_rows_decode_to_the_same_array_as_libspng_alone(data: bytes) -> N
     assert np.array_equal(pyspng.load(rewritten), pyspng.load(data))
 
 
-@pytest.mark.parametrize("data", PHOTOS.values(), ids=PHOTOS.keys())
+SMALL_PNGS = {
+    "gray-28": image_bytes(garment(), "PNG"),
+    "gray-50x31": image_bytes(garment((50, 31)), "PNG"),
+    "rgb-300x200-garment": image_bytes(garment((300, 200), mode="RGB", light_background=True), "PNG"),
+    "noise-28": image_bytes(Image.effect_noise((28, 28), 60), "PNG"),
+}
+
+
+@pytest.mark.parametrize("data", [*SMALL_PNGS.values(), *PHOTOS.values()], ids=[*SMALL_PNGS, *PHOTOS])
 @pytest.mark.parametrize("invert", list(InvertMode))
-def test_photo_png_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
-    fast = decode_simple_png(data, invert, 10**8)
-    reference = fit_image(open_image(data), invert)
-    assert fast is not None
-    assert torch.equal(fast.pixels, reference.pixels)
-    assert fast.inverted == reference.inverted
+def test_png_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
+    assert_sees_what_pillow_sees(decode_simple_png(data, invert, 10**8), data, invert)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        image_bytes(garment(mode="P"), "PNG"),  # palette
+        image_bytes(garment(mode="LA"), "PNG"),  # alpha: composited over white by Pillow's path
+        image_bytes(Image.new("I;16", (28, 28), 4000), "PNG"),  # 16-bit
+        image_bytes(garment(), "PNG", exif=ROTATED),  # turned by its EXIF orientation
+        image_bytes(garment(), "PNG")[:60],  # truncated: Pillow words the error
+        image_bytes(garment(), "JPEG"),
+    ],
+    ids=["palette", "alpha", "16-bit", "exif", "truncated", "jpeg"],
+)
+def test_png_fast_path_leaves_everything_else_to_pillow(data: bytes) -> None:
+    assert decode_simple_png(data, InvertMode.AUTO, 10**8) is None
+
+
+def test_png_fast_path_leaves_bombs_to_pillow() -> None:
+    assert decode_simple_png(image_bytes(garment((100, 100)), "PNG"), InvertMode.AUTO, max_pixels=9_999) is None
 
 
 def test_small_pngs_keep_libspngs_own_inflate() -> None:
@@ -118,9 +158,6 @@ def jpeg(image: Image.Image, **save_args: object) -> bytes:
     return image_bytes(image, "JPEG", **save_args)
 
 
-ROTATED = Image.Exif()
-ROTATED[0x0112] = 6  # orientation: rotate 90 degrees
-
 JPEGS = {
     "rgb-300": jpeg(noise_photo((300, 300)), quality=90),
     "rgb-300x200-progressive": jpeg(noise_photo((300, 200)), quality=50, progressive=True),
@@ -135,16 +172,7 @@ JPEGS = {
 @pytest.mark.parametrize("data", JPEGS.values(), ids=JPEGS.keys())
 @pytest.mark.parametrize("invert", list(InvertMode))
 def test_jpeg_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
-    fast = decode_simple_jpeg(data, invert, 10**8)
-    reference = fit_image(open_image(data), invert)
-    assert fast is not None
-    assert torch.equal(fast.pixels, reference.pixels)
-    assert (fast.format, fast.width, fast.height, fast.inverted) == (
-        reference.format,
-        reference.width,
-        reference.height,
-        reference.inverted,
-    )
+    assert_sees_what_pillow_sees(decode_simple_jpeg(data, invert, 10**8), data, invert)
 
 
 @pytest.mark.parametrize(
