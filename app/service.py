@@ -111,19 +111,16 @@ class InferenceService:
         return probabilities, time.perf_counter() - started
 
     async def _decode(self, upload: Upload, invert: InvertMode) -> DecodedImage:
-        if len(upload.data) > INLINE_DECODE_BYTES:
-            async with self._decode_slots:
-                return await asyncio.to_thread(
-                    decode_image, upload.data, invert=invert, max_pixels=self.max_image_pixels
-                )
-        decoded = decode_simple(upload.data, invert, self.max_image_pixels, max_size=INLINE_DECODE_PIXELS)
-        if decoded is not None:
-            return decoded
-        image = open_image(upload.data, self.max_image_pixels)
-        if image.width * image.height <= INLINE_DECODE_PIXELS:
-            return fit_image(image, invert)
+        data, limit = upload.data, self.max_image_pixels
+        if len(data) <= INLINE_DECODE_BYTES:
+            decoded = decode_simple(data, invert, limit, max_size=INLINE_DECODE_PIXELS)
+            if decoded is not None:
+                return decoded
+            image = open_image(data, limit)  # the header only: format, declared size, the bomb check
+            if image.width * image.height <= INLINE_DECODE_PIXELS:
+                return fit_image(image, invert)
         async with self._decode_slots:
-            return await asyncio.to_thread(fit_image, image, invert)
+            return await asyncio.to_thread(decode_image, data, invert=invert, max_pixels=limit)
 
     def _encode(
         self, upload: Upload, image: DecodedImage, values: list[float], top_k: int, return_input: bool
