@@ -27,11 +27,11 @@ SIMPLE_JPEG_COLOURSPACES = ("Gray", "YCbCr")  # what cameras and the web send; C
 PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Filtered rows this size or larger are inflated by libdeflate first (below it libspng's own inflate is as quick),
 # up to a bound that keeps the extra copies (rows, stored stream, new file: ~3x) small beside the decoded image.
+REINFLATE_ROW_BYTES = (64 * 1024, 8 * 1024 * 1024)
 # Resampling to 28x28: on 2,000 test garments made into 300x300 photos, Lanczos, bicubic, and JPEG drafts at
 # 1/4 or 1/8 scale classify alike (within 0.4 points); bicubic from a 1/8 draft decodes a JPEG ~65 us sooner.
 JPEG_DRAFT_SIDE = IMAGE_SIDE
 RESAMPLE = Image.Resampling.BICUBIC
-REINFLATE_ROW_BYTES = (64 * 1024, 8 * 1024 * 1024)
 
 
 class InvertMode(StrEnum):
