@@ -17,6 +17,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(
+    descriptions: dict[int, str], body: type[BaseModel] = ErrorResponse
+) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for OpenAPI: each error status with its body model and what it means."""
+    return {status: {"model": body, "description": text} for status, text in descriptions.items()}
+
+
 class ClassProbability(BaseModel):
     class_index: int = Field(examples=[9])
     class_name: str = Field(examples=["Ankle boot"])

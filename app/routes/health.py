@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.errors import NotReady
-from app.schemas import ErrorResponse, Health, Readiness
+from app.schemas import Health, Readiness, error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +20,7 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": ErrorResponse, "description": "not ready, with the reason"}},
+    responses=error_responses({503: "not ready, with the reason"}),
 )
 async def readyz(request: Request) -> Readiness:
     """The model is loaded and warmed up; 503 with the reason otherwise."""

@@ -8,11 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from app.deps import ServiceDep, require_api_key
-from app.schemas import ErrorResponse, ModelInfo, ModelParamsResponse, ParameterInfo
+from app.schemas import ModelInfo, ModelParamsResponse, ParameterInfo, error_responses
 
 router = APIRouter(prefix="/model", tags=["model"], dependencies=[Depends(require_api_key)])
 MAX_VALUES = 1000
-NOT_READY = {503: {"model": ErrorResponse, "description": "model not loaded"}}
+NOT_READY = error_responses({503: "model not loaded"})
 
 
 @router.get("", response_model=ModelInfo, responses=NOT_READY)

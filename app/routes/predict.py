@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from app.deps import ServiceDep, SettingsDep, require_api_key
 from app.imaging import InvertMode
-from app.schemas import BatchPredictResponse, ErrorResponse, PredictResponse
+from app.schemas import BatchPredictResponse, PredictResponse, error_responses
 from app.uploads import read_uploads
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
@@ -34,17 +34,16 @@ UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+ERRORS = error_responses(
+    {
         400: "corrupt or truncated image, malformed multipart",
         401: "API key required",
         413: "body over the upload limit, too many images, or an image with too many pixels",
         415: "not an image, or an unsupported format or Content-Type",
         422: "no image field, or a bad query parameter",
         503: "model not loaded yet, or the queue is full (see Retry-After)",
-    }.items()
-}
+    }
+)
 
 
 @router.post(

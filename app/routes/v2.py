@@ -31,6 +31,7 @@ from app.config import Settings
 from app.deps import SettingsDep, require_api_key
 from app.errors import InvalidRequest, NotReady, PayloadTooLarge, ServiceError
 from app.imaging import InvertMode
+from app.schemas import error_responses
 from app.service import InferenceService, Upload
 from models import IMAGE_SIDE, NUM_CLASSES
 
@@ -89,20 +90,20 @@ class OipError(BaseModel):
     error: str
 
 
-def _errors(**descriptions: str) -> dict[int | str, dict[str, Any]]:
-    return {int(code[1:]): {"model": OipError, "description": text} for code, text in descriptions.items()}
-
-
-AUTH = {"_401": "API key required (when FASHION_API_KEY is set)"}
-METADATA_ERRORS = _errors(**AUTH, _404="unknown model or version", _503="model not loaded yet (see Retry-After)")
-READY_ERRORS = _errors(_400="not ready: the reason", _404="unknown model or version")
-INFER_ERRORS = _errors(
-    **AUTH,
-    _400="malformed request, tensor shape or data, or a corrupt image",
-    _404="unknown model or version",
-    _413="body over the upload limit, too many images, or an image with too many pixels",
-    _415="an image in an unsupported format",
-    _503="model not loaded yet, or the queue is full (see Retry-After)",
+AUTH = {401: "API key required (when FASHION_API_KEY is set)"}
+UNKNOWN = {404: "unknown model or version"}
+METADATA_ERRORS = error_responses({**AUTH, **UNKNOWN, 503: "model not loaded yet (see Retry-After)"}, OipError)
+READY_ERRORS = error_responses({400: "not ready: the reason", **UNKNOWN}, OipError)
+INFER_ERRORS = error_responses(
+    {
+        **AUTH,
+        400: "malformed request, tensor shape or data, or a corrupt image",
+        **UNKNOWN,
+        413: "body over the upload limit, too many images, or an image with too many pixels",
+        415: "an image in an unsupported format",
+        503: "model not loaded yet, or the queue is full (see Retry-After)",
+    },
+    OipError,
 )
 
 
