@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -78,18 +79,27 @@ def _sound_without_exif(data: bytes) -> bool:
 
     libspng does not check IDAT CRCs and would decode a corrupt file into noise; Pillow refuses it, in words.
     """
-    view, position = memoryview(data), len(PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        length, kind = struct.unpack_from(">I4s", data, position)
-        end = position + 12 + length
-        if kind == b"eXIf" or end > len(data):
-            return False
-        if deflate.crc32(view[position + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
+    view = memoryview(data)
+    for kind, start, end in _png_chunks(data):
+        if kind == b"eXIf" or deflate.crc32(view[start + 4 : end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
             return False
         if kind == b"IEND":
             return True
+    return False  # cut short: no IEND
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(kind, start, end) of each whole chunk, up to IEND; a chunk running past the data ends the walk."""
+    position = len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        end = position + 12 + length
+        if end > len(data):
+            return
+        yield kind, position, end
+        if kind == b"IEND":
+            return
         position = end
-    return False
 
 
 def decode_simple_png(
@@ -114,7 +124,7 @@ def decode_simple_png(
     if array.shape == (IMAGE_SIDE, IMAGE_SIDE):  # grayscale at the model's size, as FashionMNIST: no Pillow at all
         pixels, inverted = _fit_bytes(array.tobytes(), IMAGE_SIDE, IMAGE_SIDE, invert)
     else:
-        pixels, inverted = _fit_gray(to_grayscale(_box_reduced(Image.fromarray(array))), invert)
+        pixels, inverted = _fit(Image.fromarray(array), invert)
     return DecodedImage(pixels=pixels, format="PNG", width=size[0], height=size[1], inverted=inverted)
 
 
@@ -131,17 +141,11 @@ def _pre_inflated(data: bytes, width: int, height: int) -> bytes | None:
     if not REINFLATE_ROW_BYTES[0] <= row_bytes <= REINFLATE_ROW_BYTES[1] or data[28] != 0:  # 0: not interlaced
         return data
     before_rows, compressed = [], []
-    position = len(PNG_SIGNATURE)
-    while position + 12 <= len(data):  # the chunks are whole and their CRCs right: simple_png_size checked
-        length, kind = struct.unpack_from(">I4s", data, position)
-        end = position + 12 + length
-        if kind == b"IEND":
-            break
+    for kind, start, end in _png_chunks(data):  # their CRCs are right: simple_png_size checked
         if kind == b"IDAT":
-            compressed.append(data[position + 8 : end - 4])
-        elif not compressed:  # IHDR and ancillary chunks before the rows (tRNS, gAMA, ...); those after are text
-            before_rows.append(data[position:end])
-        position = end
+            compressed.append(data[start + 8 : end - 4])
+        elif kind != b"IEND" and not compressed:  # IHDR and what precedes the rows (tRNS, gAMA, ...); after: text
+            before_rows.append(data[start:end])
     try:
         rows = deflate.zlib_decompress(b"".join(compressed), row_bytes)
     except deflate.DeflateError:
@@ -199,7 +203,7 @@ def decode_simple_jpeg(
     except ValueError:  # corrupt or truncated: strict libjpeg-turbo refuses what Pillow would word
         return None
     gray = Image.frombuffer("L", (array.shape[1], array.shape[0]), array, "raw", "L", 0, 1)
-    pixels, inverted = _fit_gray(_box_reduced(gray), invert)
+    pixels, inverted = _fit(gray, invert)
     return DecodedImage(pixels=pixels, format="JPEG", width=width, height=height, inverted=inverted)
 
 
@@ -248,7 +252,12 @@ def _to_model_pixels(image: Image.Image, invert: InvertMode) -> tuple[torch.Tens
         # Decode luma only, at the smallest DCT scale not below the target: a 300x300 photo decodes at 38x38,
         # each pixel the mean of an 8x8 block (the DCT scaling antialiases), for ~half the work of full size.
         image.draft("L", (JPEG_DRAFT_SIDE, JPEG_DRAFT_SIDE))
-    return _fit_gray(to_grayscale(_box_reduced(upright(image))), invert)
+    return _fit(upright(image), invert)
+
+
+def _fit(image: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
+    """Every decoder ends here (shrink, grayscale, resize, invert, pad), so all of them give the same pixels."""
+    return _fit_gray(to_grayscale(_box_reduced(image)), invert)
 
 
 def _fit_gray(gray: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
