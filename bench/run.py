@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import socket
 import statistics
@@ -42,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-import workloads  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import results_file  # noqa: E402  (bench/ is a folder of scripts, not a package)
+import workloads  # noqa: E402
 
 LUA = ROOT / "bench" / "upload.lua"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     for text, passed, figure in checks:
         print(f"{'PASS' if passed else 'FAIL'}  {text}: {figure}")
     command = "bench/run.py" + (" --quick" if args.quick else "")
-    report = [
+    head = [
         "# Benchmark results",
         "",
         f"Written by `.venv/bin/python {command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
@@ -293,24 +293,10 @@ def main(argv: list[str] | None = None) -> None:
         *rows,
         "",
         "`× ceiling`: against the ceiling on the same event loop (uvloop + httptools for `app`).",
-        "",
-        "## Acceptance",
-        "",
-        *(f"- {'PASS' if passed else 'FAIL'}: {text}: {figure}" for text, passed, figure in checks),
-        "",
     ]
-    kept = sections_of_others(args.out.read_text()) if args.out.exists() else []
-    args.out.write_text("\n".join(report) + "".join(f"\n{section}" for section in kept))
+    verdicts = [f"- {'PASS' if passed else 'FAIL'}: {text}: {figure}" for text, passed, figure in checks]
+    results_file.update(args.out, {"## Acceptance": verdicts}, head=head)
     print(f"written to {args.out}", file=sys.stderr)
-
-
-OWN_SECTIONS = ("## Acceptance",)
-
-
-def sections_of_others(text: str) -> list[str]:
-    """The `## ` sections this runner does not write (the soak's, notes by hand), to keep them on a rewrite."""
-    sections = re.split(r"^(?=## )", text, flags=re.MULTILINE)[1:]  # [0] is the title and table: ours
-    return [section.rstrip() + "\n" for section in sections if section.splitlines()[0].strip() not in OWN_SECTIONS]
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import random
-import re
 import socket
 import struct
 import subprocess
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import results_file  # a sibling script: bench/ is on sys.path when this runs as bench/soak.py
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,18 +234,6 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Replace (or append) our `## Soak` section; leave every other section of the file as it is."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = "\n".join([HEADING, "", *lines]).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30_000, help="requests to send (default 30000)")
@@ -353,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(passed for _, passed, _ in checks):
         print("server log tail:\n" + server_log_tail, file=sys.stderr)
     if not args.no_write:
-        write_section(args.out, lines)
+        results_file.update(args.out, {HEADING: lines})
         print(f"written to {args.out} ({HEADING})", file=sys.stderr)
     return 0 if all(passed for _, passed, _ in checks) else 1
 
