@@ -50,13 +50,16 @@ class ConnectionLimits:
         )
 
     def headers_problem(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> str | None:
-        """Why these complete headers are refused, or None. A line is counted with its separators."""
+        """Why these complete headers are refused, or None. Lines are counted with their separators."""
         if len(headers) > self.max_headers:
             return f"more than {self.max_headers} header lines"
-        longest = max((len(name) + len(value) + 2 for name, value in headers), default=0)
-        if max(longest, len(url) + 12) > self.max_header_line_bytes:
+        longest = total = len(url) + 12  # the request line: method, spaces, HTTP/1.1, CRLF
+        for name, value in headers:
+            line = len(name) + len(value) + 4
+            total += line
+            longest = max(longest, line)
+        if longest > self.max_header_line_bytes:
             return f"a request or header line is longer than {self.max_header_line_bytes:,} bytes"
-        total = len(url) + 12 + sum(len(name) + len(value) + 4 for name, value in headers)
         if total > self.max_header_bytes:
             return f"the request line and headers exceed {self.max_header_bytes:,} bytes"
         return None

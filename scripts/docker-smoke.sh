@@ -126,6 +126,7 @@ echo "9,000-byte header line: 431"
 
 echo "== memory with two workers (RSS and PSS from /proc/PID/smaps_rollup; the container's cgroup)"
 ctr podman exec "$name" sh -c 'for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] && continue
     c=$(tr "\0" " " < "$p/cmdline" 2>/dev/null) || continue
     case "$c" in *python*) awk -v pid="${p#/proc/}" -v cmd="$(echo "$c" | cut -c1-70)" \
       "/^Rss:/{r=\$2} /^Pss:/{s=\$2} END{printf \"pid %s  RSS %.0f MB  PSS %.0f MB  %s\\n\", pid, r/1024, s/1024, cmd}" \
