@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Written by `.venv/bin/python {command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC in "
         f"{time.monotonic() - started:.0f} s ({os.cpu_count()} cores; client and servers share them except in the "
-        "wrk table).",
+        f"wrk table; load average {os.getloadavg()[0]:.1f} at the end: other work shared the machine).",
         "",
         *lines,
     ]
