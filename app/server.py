@@ -10,8 +10,8 @@ count. This class adds, at the costs measured in bench/RESULTS.md:
   when a read ends inside the headers, so a request whose headers come in one read pays no timer;
 * limits on one header line, all headers together and their count (then 431 and closed). Bytes are counted
   as they arrive while headers are incomplete, so memory never grows with what a client sends;
-* a deadline for the rest of a body the app answered early (a 401, a 404): the keep-alive timeout, in all,
-  then closed. uvicorn would read it at the client's pace for as long as the client likes.
+* a deadline for the rest of a body the app answered early (a 401, a 404): the body timeout, from the
+  answer, then closed. uvicorn would read it at the client's pace for as long as the client likes.
 
 It overrides uvicorn internals (``connection_made``, ``data_received``, ``on_message_begin``,
 ``on_headers_complete``, ``on_message_complete``, ``on_response_complete``, ``send_400_response``,
@@ -38,6 +38,7 @@ from app.errors import error_body
 class ConnectionLimits:
     idle_timeout_s: float
     header_timeout_s: float
+    body_timeout_s: float
     max_header_line_bytes: int
     max_header_bytes: int
     max_headers: int
@@ -47,6 +48,7 @@ class ConnectionLimits:
         return cls(
             settings.idle_timeout_s,
             settings.header_timeout_s,
+            settings.body_timeout_s,
             settings.max_header_line_bytes,
             settings.max_header_bytes,
             settings.max_headers,
@@ -137,7 +139,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         cycle = self.cycle  # the request just answered, unless a later pipelined one is already parsed
         if cycle.response_complete and cycle.more_body and not self.transport.is_closing():
-            self._unread_body_deadline = self.loop.call_later(self.timeout_keep_alive, self.transport.close)
+            self._unread_body_deadline = self.loop.call_later(self.limits.body_timeout_s, self.transport.close)
 
     def send_400_response(self, msg: str) -> None:
         if self._refusal is None:
