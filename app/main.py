@@ -16,13 +16,14 @@ from PIL import Image
 
 from app.batching import Batcher
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
-from app.fastlane import PredictFastLane
+from app.entrance import PATH, PredictEntrance
+from app.http_errors import install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.oip import routes as oip
 from app.predictor import Predictor
-from app.routes import health, model, predict, ui, v2
+from app.routes import health, model, predict, ui
 from app.service import InferenceService
 from models import ArtifactError, resolve_device
 
@@ -75,7 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await batcher.stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, predict_entrance: bool = True) -> FastAPI:
+    """The app. ``predict_entrance=False`` leaves /predict to its route alone: the parity test compares the two."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     app = FastAPI(
@@ -89,9 +91,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.not_ready_reason = "model is loading"
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, ui.router, v2.router):
+    for router in (predict.router, model.router, health.router, ui.router, oip.router):
         app.include_router(router)
-    app.add_middleware(PredictFastLane)  # innermost: limits, CORS, request ids, logs and metrics still apply
+    if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
+        app.add_middleware(PredictEntrance, route=next(r for r in predict.router.routes if r.path == PATH))
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -12,11 +11,11 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, RequestTimeout, error_body
+from app.errors import Cancelled, PayloadTooLarge, RequestTimeout
+from app.http_errors import error_response
 from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
-error_log = logging.getLogger("app.errors")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -41,11 +40,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            body = error_body("payload_too_large", self._message(int(declared)), request_id)
-            await _send_json(send, 413, body, close=True)
+            await _answer(scope, receive, send, PayloadTooLarge(self._message(int(declared))), close=True)
             return
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -105,14 +102,12 @@ class BodyLimitMiddleware:
                 raise
             task.uncancel()
             message = f"the request took longer than {self.request_timeout_s:g} s and was cancelled; retry it"
-            await _send_json(send, 503, error_body("timeout", message, request_id), close=True)
+            await _answer(scope, receive, send, Cancelled(message), close=True)
         finally:
             timer.cancel()
 
     def _slow_body(self) -> RequestTimeout:
-        return RequestTimeout(
-            f"the request body did not arrive within {self.body_timeout_s:g} s", {"Connection": "close"}
-        )
+        return RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s")
 
     def _message(self, size: int) -> str:
         return f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} bytes"
@@ -146,13 +141,12 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             status = status or CLIENT_CLOSED_REQUEST  # nobody to answer; not our error
-        except Exception:
+        except Exception as exc:
             if status:  # the response has begun: let the server drop the connection
                 raise
             # Answered here, not by Starlette's ServerErrorMiddleware, so the 500 carries X-Request-ID and the
             # traceback is logged once, as JSON (that middleware re-raises, and uvicorn logs it again as text).
-            error_log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
-            await _send_json(send_with_id, 500, error_body("internal_error", "internal server error", request_id))
+            await _answer(scope, receive, send_with_id, exc)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -172,10 +166,8 @@ class RequestContextMiddleware:
             )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, object], close: bool = False) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+async def _answer(scope: Scope, receive: Receive, send: Send, exc: Exception, close: bool = False) -> None:
+    response = error_response(exc, scope)
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+        response.headers["Connection"] = "close"
+    await response(scope, receive, send)

@@ -10,20 +10,21 @@ from typing import Any
 
 import torch
 
+from app.schemas import ParameterStats
 from models import IMAGE_SIDE, ArtifactMetadata, NeuralNetwork, load_artifact, pixels_to_input
 
 
-@dataclass(frozen=True)
-class ParameterSummary:
-    name: str
-    shape: list[int]
-    dtype: str
-    numel: int
-    requires_grad: bool
-    mean: float
-    std: float
-    min: float
-    max: float
+@dataclass(frozen=True, slots=True)
+class ModelOutput:
+    """What one forward pass gives for N images; the batcher splits it back into each request's rows."""
+
+    probabilities: torch.Tensor  # float32 (N, 10) softmax, on the CPU
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def split(self, sizes: list[int]) -> list[ModelOutput]:
+        return [ModelOutput(part) for part in self.probabilities.split(sizes)]
 
 
 class Predictor:
@@ -50,10 +51,10 @@ class Predictor:
         return predictor
 
     @torch.inference_mode()
-    def predict(self, pixels: torch.Tensor) -> torch.Tensor:
+    def predict(self, pixels: torch.Tensor) -> ModelOutput:
         """uint8 (N, 28, 28) -> float32 (N, 10) softmax probabilities on the CPU."""
         inputs = pixels_to_input(pixels).to(self.device, non_blocking=True)
-        return torch.softmax(self.model(inputs), dim=1).cpu()
+        return ModelOutput(torch.softmax(self.model(inputs), dim=1).cpu())
 
     def warm_up(self) -> None:
         """Run once so the first real request pays no lazy initialisation (allocator, kernels, cuDNN)."""
@@ -76,13 +77,13 @@ class Predictor:
         }
 
 
-def summarize_parameters(model: torch.nn.Module) -> list[ParameterSummary]:
+def summarize_parameters(model: torch.nn.Module) -> list[ParameterStats]:
     """Statistics are fixed once the weights are, so compute them once at load, not per request."""
     summaries = []
     for name, parameter in model.named_parameters():
         values = parameter.detach().float()
         summaries.append(
-            ParameterSummary(
+            ParameterStats(
                 name=name,
                 shape=list(parameter.shape),
                 dtype=str(parameter.dtype).removeprefix("torch."),

@@ -51,7 +51,9 @@ class BatchPredictResponse(BaseModel):
     inference_ms: float
 
 
-class ParameterInfo(BaseModel):
+class ParameterStats(BaseModel):
+    """One parameter's shape and statistics, computed once at load (they are fixed once the weights are)."""
+
     name: str = Field(examples=["linear_relu_stack.0.weight"])
     shape: list[int] = Field(examples=[[512, 784]])
     dtype: str = Field(examples=["float32"])
@@ -61,6 +63,9 @@ class ParameterInfo(BaseModel):
     std: float
     min: float
     max: float
+
+
+class ParameterInfo(ParameterStats):
     values: list[float] | None = Field(None, description="the first N values (flattened), with ?values=N")
 
 
