@@ -22,7 +22,7 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.predictor import Predictor
-from app.routes import health, model, predict, ui, v2
+from app.routes import docs, health, model, predict, ui, v2
 from app.service import InferenceService
 from models import ArtifactError, resolve_device
 
@@ -83,13 +83,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         summary="A FashionMNIST classifier (the PyTorch quickstart MLP) behind a production HTTP API.",
         lifespan=lifespan,
+        docs_url=None,  # app/routes/docs.py serves /docs without a CDN; ReDoc, CDN-only, is off
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = None
     app.state.not_ready_reason = "model is loading"
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, ui.router, v2.router):
+    for router in (predict.router, model.router, health.router, ui.router, docs.router, v2.router):
         app.include_router(router)
     app.add_middleware(PredictFastLane)  # innermost: limits, CORS, request ids, logs and metrics still apply
     app.add_middleware(
