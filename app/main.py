@@ -23,7 +23,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.oip import routes as oip
 from app.predictor import Predictor
-from app.routes import health, model, predict, ui
+from app.routes import docs, health, model, predict, ui
 from app.service import InferenceService
 from models import ArtifactError, resolve_device
 
@@ -85,13 +85,15 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
         version=VERSION,
         summary="A FashionMNIST classifier (the PyTorch quickstart MLP) behind a production HTTP API.",
         lifespan=lifespan,
+        docs_url=None,  # app/routes/docs.py serves /docs without a CDN; ReDoc, CDN-only, is off
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = None
     app.state.not_ready_reason = "model is loading"
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, ui.router, oip.router):
+    for router in (predict.router, model.router, health.router, ui.router, docs.router, oip.router):
         app.include_router(router)
     if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
         app.add_middleware(PredictEntrance, route=next(r for r in predict.router.routes if r.path == PATH))
