@@ -95,7 +95,8 @@ def is_oip(scope: Scope) -> bool:
 
 
 def _request_id(scope: Scope) -> str | None:
-    return scope.get("state", {}).get("request_id")
+    request_id: str | None = scope.get("state", {}).get("request_id")
+    return request_id
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:

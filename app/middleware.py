@@ -42,75 +42,88 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _answer(scope, receive, send, PayloadTooLarge(self._message(int(declared))), close=True)
+            await _answer(scope, receive, send, PayloadTooLarge(self.too_large_message(int(declared))), close=True)
             return
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None, "ASGI servers run each request in a task"
-        started = loop.time()
-        received = 0
-        reading = body_done = responded = False
-        expired: str | None = None  # "body" or "request", once a deadline has passed
-
-        def body_deadline() -> None:
-            nonlocal expired, timer
-            timer = loop.call_at(started + self.request_timeout_s, request_deadline)
-            if not body_done:
-                expired = "body"
-                if reading:  # waiting on the client: interrupt the read; otherwise the next read fails
-                    task.cancel()
-
-        def request_deadline() -> None:
-            nonlocal expired
-            if not responded:  # a response under way is let finish
-                expired = "request"
-                task.cancel()
-
-        async def limited_receive() -> Message:
-            nonlocal received, reading, body_done
-            if body_done:  # later reads only wait for a disconnect, which may take as long as it likes
-                return await receive()
-            if expired == "body":
-                raise self._slow_body()
-            reading = True
-            try:
-                message = await receive()
-            except asyncio.CancelledError:
-                if expired != "body":
-                    raise
-                task.uncancel()
-                raise self._slow_body() from None
-            finally:
-                reading = False
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message(received))
-                body_done = not message.get("more_body", False)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal responded
-            responded = True
-            await send(message)
-
-        timer = loop.call_at(started + self.body_timeout_s, body_deadline)
+        guard = _RequestGuard(self, send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, guard.receiver(receive), guard.send)
         except asyncio.CancelledError:
-            if expired != "request":
+            if guard.expired != "request":
                 raise
-            task.uncancel()
+            guard.task.uncancel()
             message = f"the request took longer than {self.request_timeout_s:g} s and was cancelled; retry it"
             await _answer(scope, receive, send, Cancelled(message), close=True)
         finally:
-            timer.cancel()
+            guard.timer.cancel()
 
-    def _slow_body(self) -> RequestTimeout:
+    def slow_body_error(self) -> RequestTimeout:
         return RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s")
 
-    def _message(self, size: int) -> str:
+    def too_large_message(self, size: int) -> str:
         return f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} bytes"
+
+
+class _RequestGuard:
+    """One request's running byte count and its two deadlines, on one loop timer (body, then whole request)."""
+
+    def __init__(self, limits: BodyLimitMiddleware, send: Send) -> None:
+        self.limits = limits
+        self._send = send
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "ASGI servers run each request in a task"
+        self.task = task
+        self.started = self.loop.time()
+        self.received = 0
+        self.reading = self.body_done = self.responded = False
+        self.expired: str | None = None  # "body" or "request", once a deadline has passed
+        self.timer = self.loop.call_at(self.started + limits.body_timeout_s, self._body_deadline)
+
+    def _body_deadline(self) -> None:
+        self.timer = self.loop.call_at(self.started + self.limits.request_timeout_s, self._request_deadline)
+        if not self.body_done:
+            self.expired = "body"
+            if self.reading:  # waiting on the client: interrupt the read; otherwise the next read fails
+                self.task.cancel()
+
+    def _request_deadline(self) -> None:
+        if not self.responded:  # a response under way is let finish
+            self.expired = "request"
+            self.task.cancel()
+
+    def receiver(self, receive: Receive) -> Receive:
+        async def limited_receive() -> Message:
+            if self.body_done:  # later reads only wait for a disconnect, which may take as long as it likes
+                return await receive()
+            if self.expired == "body":
+                raise self.limits.slow_body_error()
+            return self._count(await self._read(receive))
+
+        return limited_receive
+
+    async def _read(self, receive: Receive) -> Message:
+        self.reading = True
+        try:
+            return await receive()
+        except asyncio.CancelledError:
+            if self.expired != "body":
+                raise
+            self.task.uncancel()
+            raise self.limits.slow_body_error() from None
+        finally:
+            self.reading = False
+
+    def _count(self, message: Message) -> Message:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_bytes:
+                raise PayloadTooLarge(self.limits.too_large_message(self.received))
+            self.body_done = not message.get("more_body", False)
+        return message
+
+    async def send(self, message: Message) -> None:
+        self.responded = True
+        await self._send(message)
 
 
 class RequestContextMiddleware:

@@ -24,7 +24,7 @@ class ModelOutput:
         return len(self.probabilities)
 
     def split(self, sizes: list[int]) -> list[ModelOutput]:
-        return [ModelOutput(part) for part in self.probabilities.split(sizes)]
+        return [ModelOutput(part) for part in torch.split(self.probabilities, sizes)]
 
 
 class Predictor:

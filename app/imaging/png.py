@@ -106,5 +106,5 @@ def _pre_inflated(data: bytes, width: int, height: int) -> bytes | None:
         return None
     stored = deflate.zlib_compress(rows, 0)
     crc = deflate.crc32(stored, deflate.crc32(b"IDAT"))
-    idat = [struct.pack(">I4s", len(stored), b"IDAT"), stored, struct.pack(">I", crc)]
+    idat: list[bytes | bytearray] = [struct.pack(">I4s", len(stored), b"IDAT"), stored, struct.pack(">I", crc)]
     return b"".join([SIGNATURE, *before_rows, *idat, END])

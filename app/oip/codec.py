@@ -180,7 +180,8 @@ def images(call: InferCall) -> list[bytes]:
 
 def _split_length_prefixed(payload: bytes) -> list[bytes]:
     """The extension's BYTES layout: each element is a 4-byte little-endian length, then that many bytes."""
-    items, position = [], 0
+    items: list[bytes] = []
+    position = 0
     while position < len(payload):
         if position + 4 > len(payload):
             raise InvalidRequest("BYTES binary data ends inside an element's 4-byte length")

@@ -131,7 +131,7 @@ async def unknown_endpoint(request: Request, path: str) -> Response:
         if isinstance(route, APIRoute)
         and route.endpoint is not unknown_endpoint
         and route.path_regex.fullmatch(request.url.path)
-        for method in route.methods
+        for method in route.methods or ()
     )
     if allowed:
         raise HTTPException(405, f"{request.method} is not allowed here", {"Allow": ", ".join(allowed)})
