@@ -97,7 +97,8 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
     for router in (predict.router, model.router, health.router, ui.router, docs.router, oip.router):
         app.include_router(router)
     if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
-        app.add_middleware(PredictEntrance, route=next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH))
+        route = next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH)
+        app.add_middleware(PredictEntrance, route=route)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

@@ -204,10 +204,10 @@ class Scorer:
     @torch.inference_mode()
     def score(self, pixels: torch.Tensor) -> Scores:
         flat = pixels_to_input(pixels).to(self.device, non_blocking=True).flatten(1)
+        if self.ood is None:  # the model's own forward: nothing else to keep from it
+            return Scores(torch.softmax(self.model(flat) / self.temperature, dim=1).cpu(), None, None)
         logits, hidden = self.logits_and_hidden(flat)
         probabilities = torch.softmax(logits / self.temperature, dim=1).cpu()
-        if self.ood is None:
-            return Scores(probabilities, None, None)
         ood_score = self.ood(flat, hidden).cpu()
         return Scores(probabilities, ood_score, ood_score <= self.ood.threshold)
 

@@ -266,7 +266,7 @@ def test_deeplift_matches_captum_and_is_deterministic(
 
 
 def test_has_light_background_is_the_servers_rule() -> None:
-    from app.imaging import has_light_background as servers
+    from app.imaging.fit import has_light_background as servers
 
     generator = torch.Generator().manual_seed(5)
     for width, height in ((28, 28), (20, 28), (28, 13), (1, 5), (3, 1)):
@@ -275,7 +275,7 @@ def test_has_light_background_is_the_servers_rule() -> None:
             assert has_light_background(image, width) == servers(image, width) == (level > 127)
         noisy = torch.randint(0, 256, (height, width), dtype=torch.uint8, generator=generator).numpy().tobytes()
         assert has_light_background(noisy, width) == servers(noisy, width)
-    assert models.preprocess.has_light_background is has_light_background
+    assert models.preprocess.has_light_background is has_light_background is servers  # one copy
 
 
 def test_replace_keeps_calibration_valid(parts: TrustParts) -> None:
