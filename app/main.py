@@ -60,6 +60,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 on_batch=app.state.metrics.observe_batch,
             )
             batcher.start()
+            app.state.metrics.watch_queue(batcher)
         app.state.service = InferenceService(
             predictor, batcher, settings.max_image_pixels, decode_concurrency=settings.decode_concurrency
         )
