@@ -61,10 +61,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             batcher.start()
             app.state.metrics.watch_queue(batcher)
+        metrics = app.state.metrics
         app.state.service = InferenceService(
-            predictor, batcher, settings.max_image_pixels, decode_concurrency=settings.decode_concurrency
+            predictor,
+            batcher,
+            settings.max_image_pixels,
+            decode_concurrency=settings.decode_concurrency,
+            on_classified=metrics.observe_predictions,
         )
-        app.state.metrics.model_info.info({"version": predictor.version, "device": str(device)})
+        metrics.model_info.info({"version": predictor.version, "device": str(device)})
+        if predictor.training_mean_intensity is not None:
+            metrics.training_intensity.set(predictor.training_mean_intensity)
         log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
     # Torch, the app and the model live as long as the process: keep them out of the collector's full passes,
     # which walk all ~220k of them (~100 ms, measured) every second or two under load: the p99 latency.

@@ -95,6 +95,14 @@ class Predictor:
     def has_ood_detector(self) -> bool:
         return self.parts.ood is not None
 
+    @property
+    def training_mean_intensity(self) -> float | None:
+        """The training images' mean pixel (0 to 1), which the detector's input statistics recorded, if it has them."""
+        for component in self.parts.ood.components if self.parts.ood is not None else ():
+            if "mean" in component.tensors:
+                return float(component.tensors["mean"].mean())
+        return None
+
     def predict(self, pixels: torch.Tensor) -> ModelOutput:
         """uint8 (N, 28, 28) -> probabilities (calibrated when the artifact is) and, with a detector, OOD scores."""
         scores = self.scorer.score(pixels)

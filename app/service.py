@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,9 +40,15 @@ class Classified:
 
 class InferenceService:
     def __init__(
-        self, predictor: Predictor, batcher: Batcher | None, max_image_pixels: int, decode_concurrency: int = 2
+        self,
+        predictor: Predictor,
+        batcher: Batcher | None,
+        max_image_pixels: int,
+        decode_concurrency: int = 2,
+        on_classified: Callable[[Classified], None] | None = None,
     ) -> None:
         self.predictor = predictor
+        self.on_classified = on_classified  # the drift metrics: what every request's images looked like
         self.batcher = batcher
         self.max_image_pixels = max_image_pixels
         # Each off-loop decode holds a whole decoded image (up to ~15 bytes a declared pixel): bound how many.
@@ -67,7 +74,10 @@ class InferenceService:
 
     async def _classify(self, pixels: torch.Tensor, inverted: list[bool]) -> Classified:
         output, seconds = await self._predict(pixels)
-        return Classified(output, pixels, inverted, seconds, self.predictor.version, self.predictor.class_names)
+        result = Classified(output, pixels, inverted, seconds, self.predictor.version, self.predictor.class_names)
+        if self.on_classified is not None:
+            self.on_classified(result)
+        return result
 
     async def _predict(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
         """Through the batcher when there is one, so every protocol shares one queue and its back-pressure."""

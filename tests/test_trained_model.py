@@ -173,3 +173,36 @@ def test_trained_model_over_the_inference_protocol_equals_predict(
     assert torch.allclose(torch.tensor(outputs["probabilities"]).view(-1, 10), probabilities(rest), atol=1e-6)
     assert outputs["ood_score"] == pytest.approx([p["ood_score"] for p in rest], abs=1e-5)
     assert outputs["in_distribution"] == [p["in_distribution"] for p in rest]
+
+
+def test_drift_gauges_see_a_stream_of_blank_and_inverted_images(
+    trained: Path, make_client: Callable[..., TestClient], settings: Settings,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+) -> None:  # fmt: skip
+    """Real garments, then the same garments on a white background, then blank images: each shift shows."""
+    client = make_client(settings.model_copy(update={"model_path": trained}))
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        value = client.app.state.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+        return 0.0 if value is None else float(value)
+
+    def intensity_mean() -> float:
+        return sample("fashion_input_intensity_sum") / sample("fashion_input_intensity_count")
+
+    garments = test_set[0][:64]
+    served(client, garments)
+    training_mean = sample("fashion_training_input_intensity")
+    assert 0.2 < training_mean < 0.4  # FashionMNIST's mean pixel
+    assert intensity_mean() == pytest.approx(training_mean, abs=0.08)
+    assert sample("fashion_inverted_total") == 0
+    assert sum(sample("fashion_predicted_class_total", {"class_name": name}) for name in CLASS_NAMES) == 64
+    flagged_before = sample("fashion_out_of_distribution_total")
+
+    served(client, 255 - garments)  # dark garments on white: auto-invert undoes it, and says so
+    assert sample("fashion_inverted_total") == 64
+    assert intensity_mean() == pytest.approx(training_mean, abs=0.08)
+
+    served(client, torch.zeros(32, 28, 28, dtype=torch.uint8))  # a camera left on a black table
+    assert sample("fashion_out_of_distribution_total") - flagged_before >= 32
+    assert intensity_mean() < training_mean - 0.05  # the traffic's mean drifts below the training mean
+    assert sample("fashion_prediction_confidence_count") == 64 + 64 + 32
