@@ -34,7 +34,7 @@ from training.train import TrainConfig, fit
 from training.trust import ClusterSettings, fit_ood_detector, fit_trust_parts, outputs_of
 
 pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="dataset-fashion-mnist is not installed")
-SMALL = ClusterSettings(centroids=64, images=4000, steps=4)
+SMALL = ClusterSettings(hidden_centroids=64, pixel_centroids=64, images=4000, steps=4)
 
 
 @pytest.fixture(scope="module")
