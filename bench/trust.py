@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from models import Scorer, check_reference_outputs, explain, load_artifact, pixels_to_input
+from models import CLASS_NAMES, Scorer, check_reference_outputs, explain, load_artifact, pixels_to_input
 from training.data import load_fashion_mnist, split_validation
 from training.measure import auroc, measure_calibration, measure_ood
 from training.ood_sets import KINDS, SPLITS, make_ood_set
@@ -78,6 +78,60 @@ def candidate_table(found: dict[str, Candidate], validation: Outputs, test: Outp
                 cells.append(f"{auroc(garments, others):.3f} / {float((others > threshold).double().mean()):.0%}")
         lines.append(f"| {name} | {float((garments > threshold).double().mean()):.1%} | {' | '.join(cells)} |")
     return lines
+
+
+def ood_png(scorer: Scorer, test_images: torch.Tensor, images: dict[tuple[str, str], torch.Tensor]) -> bytes:
+    """Histograms of ood_score: real test garments against each kind (evaluation sets), with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert scorer.ood is not None
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    bins = torch.linspace(-2, 12, 71).tolist()
+    garments = scorer.score(test_images).ood_score
+    assert garments is not None
+    ax.hist(garments.clamp(-2, 12).tolist(), bins=bins, density=True, alpha=0.6, label="test garments")
+    for kind in KINDS:
+        scores = scorer.score(images[kind, "evaluation"]).ood_score
+        assert scores is not None
+        ax.hist(scores.clamp(-2, 12).tolist(), bins=bins, density=True, histtype="step", linewidth=1.5, label=kind)
+    ax.axvline(scorer.ood.threshold, color="black", linestyle="--", label="threshold (95% of validation garments)")
+    ax.set(xlabel="ood_score (clipped to [-2, 12])", ylabel="density", title="Not a garment: ood_score by kind")
+    ax.legend()
+    return _png(fig)
+
+
+def explanations_png(scorer: Scorer, pixels: torch.Tensor) -> bytes:
+    """Each image above its DeepLIFT map for the predicted class (red: towards the class, blue: against)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    explanation = explain(scorer.model, pixels)
+    fig, axes = plt.subplots(2, len(pixels), figsize=(1.3 * len(pixels), 3), dpi=100)
+    for column, (image, attribution) in enumerate(zip(pixels, explanation.attributions, strict=True)):
+        limit = float(attribution.abs().max()) or 1.0
+        axes[0, column].imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+        axes[1, column].imshow(attribution.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
+        axes[0, column].set_title(CLASS_NAMES[int(explanation.target[column])], fontsize=7)
+        for row in (0, 1):
+            axes[row, column].axis("off")
+    return _png(fig)
+
+
+def _png(fig: object) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()  # type: ignore[attr-defined]
+    fig.savefig(buffer, format="png")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 def per_batch_ms(run: Callable[[], object], repeats: int = 30) -> float:
@@ -148,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     calibration = measure_calibration(test, data.test_labels, parts.calibration.temperature)
     DOCS.mkdir(exist_ok=True)
     (DOCS / "trust-reliability.png").write_bytes(reliability_png(calibration))
+    (DOCS / "trust-ood.png").write_bytes(ood_png(scorer, data.test_images, images))
+    firsts = [int((data.test_labels == label).nonzero()[0, 0]) for label in range(10)]
+    (DOCS / "trust-explanations.png").write_bytes(explanations_png(scorer, data.test_images[firsts]))
     flagged, kinds = measure_ood(scorer, data.test_images, images)
     torch.set_num_threads(args.threads)
     command = "python bench/trust.py " + " ".join(argv if argv is not None else sys.argv[1:])
