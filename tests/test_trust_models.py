@@ -16,6 +16,7 @@ import models.preprocess
 from models import (
     ArtifactError,
     NeuralNetwork,
+    OODDetector,
     ReferenceMismatchError,
     Scorer,
     TrustParts,
@@ -34,7 +35,7 @@ from training.train import TrainConfig, fit
 from training.trust import ClusterSettings, fit_ood_detector, fit_trust_parts, outputs_of
 
 pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="dataset-fashion-mnist is not installed")
-SMALL = ClusterSettings(centroids=64, images=4000, steps=4)
+SMALL = ClusterSettings(hidden_centroids=64, pixel_centroids=64, images=4000, steps=4)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,12 @@ def trained(split: Split) -> NeuralNetwork:
 @pytest.fixture(scope="module")
 def parts(trained: NeuralNetwork, split: Split) -> TrustParts:
     return fit_trust_parts(trained, split, quick=True).parts
+
+
+@pytest.fixture(scope="module")
+def small_detector(trained: NeuralNetwork, split: Split) -> OODDetector:
+    train, validation = outputs_of(trained, split.train_images), outputs_of(trained, split.validation_images)
+    return fit_ood_detector(train, validation, clusters=SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +177,10 @@ def test_scorer_applies_temperature_and_keeps_every_argmax(
     assert parts.calibration.details["validation_nll_after"] < parts.calibration.details["validation_nll_before"]
 
 
-def test_threshold_passes_the_stated_share_of_validation_garments(trained: NeuralNetwork, split: Split) -> None:
-    train, validation = outputs_of(trained, split.train_images), outputs_of(trained, split.validation_images)
-    detector = fit_ood_detector(train, validation, clusters=SMALL)
+def test_threshold_passes_the_stated_share_of_validation_garments(
+    trained: NeuralNetwork, split: Split, small_detector: OODDetector
+) -> None:
+    detector = small_detector
     scores = Scorer(trained, None, detector).score(split.validation_images)
     assert scores.in_distribution is not None and scores.ood_score is not None
     assert abs(float(scores.in_distribution.double().mean()) - 0.95) < 0.002
@@ -180,10 +188,9 @@ def test_threshold_passes_the_stated_share_of_validation_garments(trained: Neura
 
 
 def test_ood_score_flags_noise_and_flat_fields_and_passes_garments(
-    trained: NeuralNetwork, split: Split, test_images: tuple[torch.Tensor, torch.Tensor]
+    trained: NeuralNetwork, small_detector: OODDetector, test_images: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
-    train, validation = outputs_of(trained, split.train_images), outputs_of(trained, split.validation_images)
-    scorer = Scorer(trained, None, fit_ood_detector(train, validation, clusters=SMALL))
+    scorer = Scorer(trained, None, small_detector)
     generator = torch.Generator().manual_seed(3)
     noise = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8, generator=generator)
     flat = torch.arange(0, 250, 5, dtype=torch.uint8)[:, None, None].expand(50, 28, 28)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,6 +330,24 @@ def fit(
     return result
 
 
+@torch.no_grad()
+def _evaluate_batches(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: nn.Module
+) -> Evaluation:
+    """The quickstart's test loop: per-batch mean losses weighted back to a per-image mean, and the confusion."""
+    model.eval()
+    device = next(model.parameters()).device
+    confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
+    total_loss, count = 0.0, 0
+    for x, y in loader:
+        logits = model(x.to(device))
+        total_loss += loss_fn(logits, y.to(device)).item() * len(y)
+        count += len(y)
+        predicted = logits.argmax(1).cpu()
+        confusion += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).view(NUM_CLASSES, -1)
+    return Evaluation(loss=total_loss / count, accuracy=confusion.diag().sum().item() / count, confusion=confusion)
+
+
 TUTORIAL_CONFIG: dict[str, Any] = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "sgd"}
 
 
@@ -368,22 +386,10 @@ def fit_tutorial(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-        model.eval()
-        confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
-        test_loss = 0.0
-        with torch.no_grad():
-            for x, y in test_dataloader:
-                logits = model(x.to(device))
-                test_loss += loss_fn(logits, y.to(device)).item() * len(y)
-                predicted = logits.argmax(1).cpu()
-                confusion += torch.bincount(y * NUM_CLASSES + predicted, minlength=NUM_CLASSES**2).view(NUM_CLASSES, -1)
-        accuracy = confusion.diag().sum().item() / len(test_data)
-        result.final = Evaluation(loss=test_loss / len(test_data), accuracy=accuracy, confusion=confusion)
-        result.history.append(
-            EpochStats(
-                epoch, float("nan"), float("nan"), result.final.loss, accuracy, time.perf_counter() - epoch_started
-            )
-        )
+        result.final = _evaluate_batches(model, test_dataloader, loss_fn)
+        seconds = time.perf_counter() - epoch_started
+        nan = float("nan")  # the quickstart keeps no training figures
+        result.history.append(EpochStats(epoch, nan, nan, result.final.loss, result.final.accuracy, seconds))
         if on_epoch is not None:
             on_epoch(result.history[-1])
     result.seconds = time.perf_counter() - started
