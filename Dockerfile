@@ -30,7 +30,7 @@ COPY pyproject.toml artifacts/model.safetensor[s] /model/
 RUN test -f /model/model.safetensors || { \
       echo "artifacts/model.safetensors is missing from the build context: run \`make model\` first" >&2; \
       exit 1; } \
- # The trainer writes it 0600 (an atomic write through mkstemp); the server runs as another user.
+ # The trainer writes it 0666 less its umask (0600 under umask 077); the server runs as another user.
  && chmod 0444 /model/model.safetensors
 
 # --- build: a virtual environment in /opt/venv with the serving dependencies only ------------------

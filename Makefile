@@ -33,6 +33,7 @@ test: data
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: model
 	$(PY) bench/training.py

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from app.errors import ModelFailed, Overloaded
+from app.predictor import ModelOutput
 
 log = logging.getLogger("app.batching")
 
@@ -21,7 +22,7 @@ log = logging.getLogger("app.batching")
 @dataclass(slots=True)
 class _Job:
     pixels: torch.Tensor  # (k, 28, 28) from one request
-    future: asyncio.Future[tuple[torch.Tensor, float]] = field(repr=False)
+    future: asyncio.Future[tuple[ModelOutput, float]] = field(repr=False)
     queued_at: float  # loop time at submit, for the queue-wait metric
 
 
@@ -36,7 +37,7 @@ class Batcher:
 
     def __init__(
         self,
-        predict: Callable[[torch.Tensor], torch.Tensor],
+        predict: Callable[[torch.Tensor], ModelOutput],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -53,29 +54,53 @@ class Batcher:
         self._queued_images = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._restarts = 0
 
     @property
     def queued_images(self) -> int:
         """Images submitted and not yet taken into a forward pass."""
         return self._queued_images
 
+    @property
+    def restarts(self) -> int:
+        """How often the worker died of a bug and was started again."""
+        return self._restarts
+
     def start(self) -> None:
+        self._stopping = False
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        self._worker.add_done_callback(self._restart_if_died)
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._executor.shutdown(wait=True)
 
-    async def submit(self, pixels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Probabilities for ``pixels`` (k, 28, 28) and the seconds their batch spent in the model.
+    def _restart_if_died(self, worker: asyncio.Task[None]) -> None:
+        """A bug in the loop below must not leave requests queued forever: fail what is queued, start again."""
+        if self._stopping or worker.cancelled() or worker.exception() is None:
+            return
+        log.error("the batcher's worker died; restarting it", exc_info=worker.exception())
+        self._restarts += 1
+        while self._pending:
+            job = self._pending.popleft()
+            self._queued_images -= len(job.pixels)
+            if not job.future.done():
+                job.future.set_exception(ModelFailed("the model queue failed on this request; retry it"))
+        self.start()
 
-        Raises Overloaded when the queue is full, rather than letting memory grow without bound.
+    async def submit(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
+        """The model's output for ``pixels`` (k, 28, 28) and the seconds their batch spent in the model.
+
+        Raises Overloaded when the queue is full, rather than letting memory grow without bound. A job whose
+        caller is cancelled while it waits is dropped from its batch.
         """
         if self._queued_images + len(pixels) > self._max_queue:
-            raise Overloaded("the model queue is full; retry shortly", headers={"Retry-After": "1"})
+            raise Overloaded("the model queue is full; retry shortly", retry_after_s=1)
         loop = asyncio.get_running_loop()
         job = _Job(pixels, loop.create_future(), time.perf_counter())
         self._queued_images += len(pixels)
@@ -94,7 +119,7 @@ class Batcher:
         pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([job.pixels for job in jobs])
         started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps
         try:
-            probabilities = await loop.run_in_executor(self._executor, self._predict, pixels)
+            output = await loop.run_in_executor(self._executor, self._predict, pixels)
         except Exception:  # the model failed: fail this batch, keep serving the next
             log.exception("model failed on a batch of %d images", len(pixels))
             for job in jobs:
@@ -102,10 +127,10 @@ class Batcher:
                     job.future.set_exception(ModelFailed("the model failed on this request's batch; retry it"))
             return
         seconds = time.perf_counter() - started
-        assert len(probabilities) == len(pixels), "a batch must yield one output per input"
+        assert len(output) == len(pixels), "a batch must yield one output per input"
         if self._on_batch is not None:
             self._on_batch(len(pixels), seconds, [started - job.queued_at for job in jobs])
-        parts = [probabilities] if len(jobs) == 1 else probabilities.split([len(job.pixels) for job in jobs])
+        parts = [output] if len(jobs) == 1 else output.split([len(job.pixels) for job in jobs])
         for job, part in zip(jobs, parts, strict=True):
             if not job.future.done():
                 job.future.set_result((part, seconds))

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.logs import configure_logging
 from models import DEVICE_CHOICES
+
+log = logging.getLogger("app.config")
+ENV_PREFIX = "FASHION_"
+# FASHION_* variables that other programs of the project read (the trainer: training/data.py): not misspellings.
+OTHER_PROGRAMS_VARIABLES = frozenset({"FASHION_DATA_DIR"})
+# An origin as a browser sends it (RFC 6454): scheme, lower-case host, optional port; no path, not even "/".
+ORIGIN = re.compile(r"https?://(?:[a-z0-9-]+(?:\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+ORIGIN_FORM = "write scheme://host[:port] as a browser sends it, such as https://app.example, without a path or '/'"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FASHION_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
 
     model_path: Path = Field(
         Path("artifacts/model.safetensors"),
@@ -59,7 +75,10 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="if set, /predict and /model* need 'Authorization: Bearer <key>'"
     )
-    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    # NoDecode: the validator below reads the variable, so a plain comma-separated list is not parsed as JSON.
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS; empty = CORS off"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="debug, info, warning or error")
 
     @field_validator("device")
@@ -69,15 +88,95 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)} or cuda:N")
         return value
 
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A blank key would admit `Authorization: Bearer` with nothing after it; the messages never show the key."""
+        key = None if value is None else value.get_secret_value()
+        if key is not None and not key.strip():
+            raise ValueError("is empty: set a key, or unset the variable to turn the key check off")
+        if key is not None and key != key.strip():
+            raise ValueError("starts or ends with whitespace, which an Authorization header cannot carry: remove it")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origin_list(cls, value: Any) -> Any:
+        """A comma-separated list as a person types it, or a JSON list; every entry an origin, or "*" for any."""
+        if isinstance(value, str):
+            value = _parse_origin_list(value)
+        if isinstance(value, list):
+            bad = [origin for origin in value if not isinstance(origin, str) or not _is_origin(origin)]
+            if bad:
+                raise ValueError(f"not an origin: {', '.join(repr(origin) for origin in bad)} ({ORIGIN_FORM})")
+        return value
+
+    @model_validator(mode="after")
+    def _queue_holds_one_request(self) -> Self:
+        """The batcher refuses a request of more images than the queue holds, so such a request could never run."""
+        if self.max_queue < self.max_images_per_request:
+            raise ValueError(
+                f"FASHION_MAX_QUEUE: {self.max_queue} is below FASHION_MAX_IMAGES_PER_REQUEST "
+                f"({self.max_images_per_request}): a request of that many images could never be queued (503 forever);"
+                " raise FASHION_MAX_QUEUE or lower FASHION_MAX_IMAGES_PER_REQUEST"
+            )
+        return self
+
+
+def _parse_origin_list(text: str) -> list[Any]:
+    text = text.strip()
+    if not text.startswith(("[", "{")):
+        return [origin.strip() for origin in text.split(",") if origin.strip()]
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        message = f"starts like JSON but is not a JSON list ({exc.msg}); or write origins separated by commas"
+        raise ValueError(message) from None
+    if not isinstance(parsed, list):
+        raise ValueError("is JSON but not a JSON list; write a list of origins, or origins separated by commas")
+    return parsed
+
+
+def _is_origin(origin: str) -> bool:
+    match = ORIGIN.fullmatch(origin)
+    return origin == "*" or (match is not None and int(match["port"] or 0) <= 65535)
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each FASHION_* variable that is no setting (names are case-insensitive), naming the closest one."""
+    settings = [name.upper() for name in Settings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in OTHER_PROGRAMS_VARIABLES:
+            continue
+        suffix = name.removeprefix(ENV_PREFIX)
+        if suffix in settings:
+            continue
+        closest = difflib.get_close_matches(suffix, settings, n=1)
+        hint = f"did you mean {ENV_PREFIX}{closest[0]}?" if closest else "no setting has a name like it"
+        lines.append(f"{variable}: not a setting, ignored; {hint}")
+    return lines
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One line: the variable, then what is wrong with it (a model-wide check names its variables itself)."""
+    message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+    variable = "_".join(str(part) for part in error["loc"]).upper()
+    return f"  {ENV_PREFIX}{variable}: {message}" if variable else f"  {message}"
+
 
 @lru_cache
 def get_settings() -> Settings:
-    """Settings from the environment; a bad value stops start-up with one line per variable to fix."""
+    """Settings from the environment; a bad value stops start-up with one line per variable to fix, and a
+    misspelt name (which would be ignored) is warned about, with its closest setting."""
+    unknown = unknown_variables(os.environ)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
-        problems = [
-            f"  FASHION_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        ]
+        problems = [_problem(error) for error in exc.errors()] + [f"  {line}" for line in unknown]
         raise SystemExit("invalid configuration (fix these environment variables):\n" + "\n".join(problems)) from None
+    configure_logging(settings.log_level)  # so the warnings are the app's JSON lines, at its level
+    for line in unknown:
+        log.warning(line)
+    return settings

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.auth import check_api_key
 from app.config import Settings
-from app.errors import NotReady, Unauthorized
-from app.service import InferenceService
+from app.service import InferenceService, require_service
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -18,22 +17,12 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 async def get_service(request: Request) -> InferenceService:
-    service: InferenceService | None = request.app.state.service
-    if service is None:
-        raise NotReady(request.app.state.not_ready_reason, headers={"Retry-After": "5"})
-    return service
+    return require_service(request.app.state)
 
 
 async def require_api_key(request: Request, settings: Annotated[Settings, Depends(get_app_settings)]) -> None:
-    """When a key is configured, demand it as a Bearer token; compare in constant time, never log it."""
-    if settings.api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
-        raise Unauthorized(
-            "missing or wrong API key: send 'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}
-        )
+    """When a key is configured, demand it (app/auth.py: the one check, for every route and protocol)."""
+    check_api_key(request.headers.raw, settings.api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

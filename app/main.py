@@ -12,17 +12,19 @@ from functools import cache
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from PIL import Image
 
 from app.batching import Batcher
 from app.config import Settings, get_settings
-from app.errors import install_error_handlers
-from app.fastlane import PredictFastLane
+from app.entrance import PATH, PredictEntrance
+from app.http_errors import install_error_handlers
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.oip import routes as oip
 from app.predictor import Predictor
-from app.routes import health, model, predict, ui, v2
+from app.routes import docs, health, model, predict, ui
 from app.service import InferenceService
 from models import ArtifactError, resolve_device
 
@@ -59,10 +61,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             )
             batcher.start()
             app.state.metrics.watch_queue(batcher)
+        metrics = app.state.metrics
         app.state.service = InferenceService(
-            predictor, batcher, settings.max_image_pixels, decode_concurrency=settings.decode_concurrency
+            predictor,
+            batcher,
+            settings.max_image_pixels,
+            decode_concurrency=settings.decode_concurrency,
+            on_classified=metrics.observe_predictions,
         )
-        app.state.metrics.model_info.info({"version": predictor.version, "device": str(device)})
+        metrics.model_info.info({"version": predictor.version, "device": str(device)})
+        if predictor.training_mean_intensity is not None:
+            metrics.training_intensity.set(predictor.training_mean_intensity)
         log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
     # Torch, the app and the model live as long as the process: keep them out of the collector's full passes,
     # which walk all ~220k of them (~100 ms, measured) every second or two under load: the p99 latency.
@@ -76,7 +85,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await batcher.stop()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, predict_entrance: bool = True) -> FastAPI:
+    """The app. ``predict_entrance=False`` leaves /predict to its route alone: the parity test compares the two."""
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     app = FastAPI(
@@ -84,15 +94,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=VERSION,
         summary="A FashionMNIST classifier (the PyTorch quickstart MLP) behind a production HTTP API.",
         lifespan=lifespan,
+        docs_url=None,  # app/routes/docs.py serves /docs without a CDN; ReDoc, CDN-only, is off
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = None
     app.state.not_ready_reason = "model is loading"
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, ui.router, v2.router):
+    for router in (predict.router, model.router, health.router, ui.router, docs.router, oip.router):
         app.include_router(router)
-    app.add_middleware(PredictFastLane)  # innermost: limits, CORS, request ids, logs and metrics still apply
+    if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
+        route = next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH)
+        app.add_middleware(PredictEntrance, route=route)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

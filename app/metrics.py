@@ -17,24 +17,29 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    Summary,
     disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 
+if TYPE_CHECKING:
+    from app.service import Classified
+
 # A `_created` timestamp beside every series doubles what a scraper stores and no dashboard reads it.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 GaugeMerge = Literal[
     "livesum", "livemax", "livemin", "liveall", "livemostrecent", "sum", "max", "min", "all", "mostrecent"
 ]
@@ -81,6 +86,7 @@ class Metrics:
             "fashion_queue_images", "images waiting for the model, in all live workers", merge="livesum"
         )
         self.images = self.counter("fashion_images", "images classified")
+        self._drift_metrics()
         self.model_info = InfoGauge(
             self.gauge(
                 "fashion_model_info",
@@ -89,6 +95,41 @@ class Metrics:
                 merge="livesum",
             )
         )
+
+    def _drift_metrics(self) -> None:
+        """What the traffic looks like, beside what the model was trained on: a dashboard sees inputs drift."""
+        self.predicted_class = self.counter("fashion_predicted_class", "images classified, by class", ["class_name"])
+        self.confidence = self.histogram(
+            "fashion_prediction_confidence", "the predicted class's probability", CONFIDENCE_BUCKETS
+        )
+        self.out_of_distribution = self.counter(
+            "fashion_out_of_distribution", "images flagged as maybe not a garment (in_distribution false)"
+        )
+        self.inverted = self.counter("fashion_inverted", "images inverted to light-on-dark before the model saw them")
+        self.input_intensity = self.summary(
+            "fashion_input_intensity", "each image's mean pixel intensity (0 to 1) as the model saw it: sum and count"
+        )
+        self.training_intensity = self.gauge(
+            "fashion_training_input_intensity",
+            "the mean pixel intensity of the training images (0 to 1), to compare the traffic's mean with",
+            merge="livemax",
+        )
+
+    def observe_predictions(self, result: Classified) -> None:
+        confidence, best = result.output.probabilities.max(dim=1)
+        for index in best.tolist():
+            self.predicted_class.labels(result.class_names[index]).inc()
+        for value in confidence.tolist():
+            self.confidence.observe(value)
+        for intensity in (result.pixels.float().mean(dim=(1, 2)) / 255).tolist():
+            self.input_intensity.observe(intensity)
+        self.inverted.inc(sum(result.inverted))
+        if result.output.in_distribution is not None:
+            self.out_of_distribution.inc(int((~result.output.in_distribution).sum()))
+
+    def summary(self, name: str, documentation: str) -> Summary:
+        """A sum and a count (no quantiles: those cannot merge across workers)."""
+        return Summary(name, documentation, registry=self.registry)
 
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
         return Counter(name, documentation, labels, registry=self.registry)
@@ -122,7 +163,7 @@ class Metrics:
             return generate_latest(self.registry)
         forget_dead_workers(self.directory)
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged, path=str(self.directory))
+        multiprocess.MultiProcessCollector(merged, path=str(self.directory))  # type: ignore[no-untyped-call]  # unannotated upstream
         return generate_latest(merged)
 
     def _update_queue_depth(self) -> None:
@@ -145,7 +186,7 @@ def forget_dead_workers(directory: Path) -> None:
     for path in directory.glob("gauge_live*.db"):
         match = _LIVE_GAUGE_FILE.fullmatch(path.name)
         if match and not _alive(int(match.group(1))):
-            multiprocess.mark_process_dead(int(match.group(1)), str(directory))
+            multiprocess.mark_process_dead(int(match.group(1)), str(directory))  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 def _alive(pid: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -12,11 +11,11 @@ import uuid
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, RequestTimeout, error_body
+from app.errors import Cancelled, PayloadTooLarge, RequestTimeout
+from app.http_errors import error_response
 from app.metrics import Metrics
 
 access_log = logging.getLogger("app.access")
-error_log = logging.getLogger("app.errors")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -41,81 +40,90 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = scope.get("state", {}).get("request_id")
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            body = error_body("payload_too_large", self._message(int(declared)), request_id)
-            await _send_json(send, 413, body, close=True)
+            await _answer(scope, receive, send, PayloadTooLarge(self.too_large_message(int(declared))), close=True)
             return
-        loop = asyncio.get_running_loop()
+        guard = _RequestGuard(self, send)
+        try:
+            await self.app(scope, guard.receiver(receive), guard.send)
+        except asyncio.CancelledError:
+            if guard.expired != "request":
+                raise
+            guard.task.uncancel()
+            message = f"the request took longer than {self.request_timeout_s:g} s and was cancelled; retry it"
+            await _answer(scope, receive, send, Cancelled(message), close=True)
+        finally:
+            guard.timer.cancel()
+
+    def slow_body_error(self) -> RequestTimeout:
+        return RequestTimeout(f"the request body did not arrive within {self.body_timeout_s:g} s")
+
+    def too_large_message(self, size: int) -> str:
+        return f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} bytes"
+
+
+class _RequestGuard:
+    """One request's running byte count and its two deadlines, on one loop timer (body, then whole request)."""
+
+    def __init__(self, limits: BodyLimitMiddleware, send: Send) -> None:
+        self.limits = limits
+        self._send = send
+        self.loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None, "ASGI servers run each request in a task"
-        started = loop.time()
-        received = 0
-        reading = body_done = responded = False
-        expired: str | None = None  # "body" or "request", once a deadline has passed
+        self.task = task
+        self.started = self.loop.time()
+        self.received = 0
+        self.reading = self.body_done = self.responded = False
+        self.expired: str | None = None  # "body" or "request", once a deadline has passed
+        self.timer = self.loop.call_at(self.started + limits.body_timeout_s, self._body_deadline)
 
-        def body_deadline() -> None:
-            nonlocal expired, timer
-            timer = loop.call_at(started + self.request_timeout_s, request_deadline)
-            if not body_done:
-                expired = "body"
-                if reading:  # waiting on the client: interrupt the read; otherwise the next read fails
-                    task.cancel()
+    def _body_deadline(self) -> None:
+        self.timer = self.loop.call_at(self.started + self.limits.request_timeout_s, self._request_deadline)
+        if not self.body_done:
+            self.expired = "body"
+            if self.reading:  # waiting on the client: interrupt the read; otherwise the next read fails
+                self.task.cancel()
 
-        def request_deadline() -> None:
-            nonlocal expired
-            if not responded:  # a response under way is let finish
-                expired = "request"
-                task.cancel()
+    def _request_deadline(self) -> None:
+        if not self.responded:  # a response under way is let finish
+            self.expired = "request"
+            self.task.cancel()
 
+    def receiver(self, receive: Receive) -> Receive:
         async def limited_receive() -> Message:
-            nonlocal received, reading, body_done
-            if body_done:  # later reads only wait for a disconnect, which may take as long as it likes
+            if self.body_done:  # later reads only wait for a disconnect, which may take as long as it likes
                 return await receive()
-            if expired == "body":
-                raise self._slow_body()
-            reading = True
-            try:
-                message = await receive()
-            except asyncio.CancelledError:
-                if expired != "body":
-                    raise
-                task.uncancel()
-                raise self._slow_body() from None
-            finally:
-                reading = False
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message(received))
-                body_done = not message.get("more_body", False)
-            return message
+            if self.expired == "body":
+                raise self.limits.slow_body_error()
+            return self._count(await self._read(receive))
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal responded
-            responded = True
-            await send(message)
+        return limited_receive
 
-        timer = loop.call_at(started + self.body_timeout_s, body_deadline)
+    async def _read(self, receive: Receive) -> Message:
+        self.reading = True
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            return await receive()
         except asyncio.CancelledError:
-            if expired != "request":
+            if self.expired != "body":
                 raise
-            task.uncancel()
-            message = f"the request took longer than {self.request_timeout_s:g} s and was cancelled; retry it"
-            await _send_json(send, 503, error_body("timeout", message, request_id), close=True)
+            self.task.uncancel()
+            raise self.limits.slow_body_error() from None
         finally:
-            timer.cancel()
+            self.reading = False
 
-    def _slow_body(self) -> RequestTimeout:
-        return RequestTimeout(
-            f"the request body did not arrive within {self.body_timeout_s:g} s", {"Connection": "close"}
-        )
+    def _count(self, message: Message) -> Message:
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limits.max_bytes:
+                raise PayloadTooLarge(self.limits.too_large_message(self.received))
+            self.body_done = not message.get("more_body", False)
+        return message
 
-    def _message(self, size: int) -> str:
-        return f"request body of {size:,}+ bytes exceeds the limit of {self.max_bytes:,} bytes"
+    async def send(self, message: Message) -> None:
+        self.responded = True
+        await self._send(message)
 
 
 class RequestContextMiddleware:
@@ -146,13 +154,12 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         except ClientDisconnect:
             status = status or CLIENT_CLOSED_REQUEST  # nobody to answer; not our error
-        except Exception:
+        except Exception as exc:
             if status:  # the response has begun: let the server drop the connection
                 raise
             # Answered here, not by Starlette's ServerErrorMiddleware, so the 500 carries X-Request-ID and the
             # traceback is logged once, as JSON (that middleware re-raises, and uvicorn logs it again as text).
-            error_log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
-            await _send_json(send_with_id, 500, error_body("internal_error", "internal server error", request_id))
+            await _answer(scope, receive, send_with_id, exc)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
@@ -172,10 +179,8 @@ class RequestContextMiddleware:
             )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, object], close: bool = False) -> None:
-    payload = json.dumps(body).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+async def _answer(scope: Scope, receive: Receive, send: Send, exc: Exception, close: bool = False) -> None:
+    response = error_response(exc, scope)
     if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+        response.headers["Connection"] = "close"
+    await response(scope, receive, send)

@@ -31,7 +31,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.config import Settings, get_settings
-from app.errors import error_body
+from app.http_errors import rest_error
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._unread_body_deadline: asyncio.TimerHandle | None = None
         self._refusal: str | None = None
 
+    # uvicorn annotates the parameter as its own transport type; asyncio calls it with a plain transport.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         # uvicorn's keep-alive timer is what a silent new connection needs: the first byte cancels it, it closes.
@@ -166,7 +167,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer and close; if an earlier (pipelined) request's answer is still being written, only close."""
         if self.cycle is None or self.cycle.response_complete:
-            body = json.dumps(error_body(code, message)).encode()
+            body = json.dumps({"error": rest_error(code, message, None)}).encode()  # before any request id exists
             head = [STATUS_LINE[status]]
             for name, value in [
                 *self.server_state.default_headers,

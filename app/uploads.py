@@ -1,64 +1,139 @@
-"""Reading images out of a request: multipart fields `file` / `files`, or a raw image body."""
+"""The one reader of /predict's images out of a request: multipart fields ``file`` / ``files``, or a raw image body.
+
+The body is already whole in memory and bounded by the upload limit, so the multipart reader is a plain scan
+over bytes (RFC 7578): no streaming callbacks, and no spooled temporary files, which a read-only root could not
+hold anyway. Header parameters are parsed by python-multipart's ``parse_options_header``, as Starlette does.
+"""
 
 from __future__ import annotations
 
-from contextlib import aclosing
+from dataclasses import dataclass
 
-from fastapi import Request
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.multipart import parse_options_header
 
 from app.errors import InvalidRequest, MissingField, PayloadTooLarge, UnsupportedMediaType
-from app.service import Upload
 
 RAW_BODY_TYPES = ("application/octet-stream",)
+MAX_TEXT_FIELDS = 32
+MAX_PART_HEADER_BYTES = 16 * 1024
+CRLF = b"\r\n"
 
 
-class InMemoryMultiPartParser(MultiPartParser):
-    """Starlette's parser, but file parts stay in memory: each is read into bytes right after parsing anyway,
-    and the body limit bounds them, so spooling parts over 1 MB to disk would only write files: none can be
-    written on a read-only root filesystem without a tmpfs (there it answered 500)."""
-
-    spool_max_size = 2**63 - 1
+@dataclass(frozen=True)
+class Upload:
+    filename: str | None
+    data: bytes
 
 
-async def read_uploads(request: Request, max_images: int) -> tuple[list[Upload], bool]:
-    """Return the uploads and whether the client asked for a batch (field `files`)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+@dataclass(frozen=True)
+class Part:
+    name: str
+    filename: str | None  # None: a text field, not a file
+    data: bytes
+
+
+def read_uploads(content_type: str, body: bytes, max_images: int) -> tuple[list[Upload], bool]:
+    """The uploads, and whether the client asked for a batch (field ``files``)."""
+    media_type = content_type.split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
-        return await _read_multipart(request, max_images)
+        return _uploads_from_parts(read_parts(content_type, body, max_files=max_images + 1), max_images)
     if media_type.startswith("image/") or media_type in RAW_BODY_TYPES:
-        return [Upload(filename=None, data=await request.body())], False
+        return [Upload(filename=None, data=body)], False
     raise UnsupportedMediaType(
         f"Content-Type {media_type or '(none)'} is not accepted: send multipart/form-data with the image in "
         "field 'file' (or several in 'files'), or the raw image bytes with Content-Type image/*"
     )
 
 
-async def _read_multipart(request: Request, max_images: int) -> tuple[list[Upload], bool]:
+def _uploads_from_parts(parts: list[Part], max_images: int) -> tuple[list[Upload], bool]:
+    single = [part for part in parts if part.name == "file"]
+    many = [part for part in parts if part.name == "files"]
+    if not single and not many:
+        raise MissingField("no image: send it in form field 'file' (or several in 'files')")
+    if single and many:
+        raise InvalidRequest("send either 'file' or 'files', not both")
+    if len(single) > 1:
+        raise InvalidRequest("field 'file' takes one image; use 'files' for several")
+    chosen = single or many
+    if len(chosen) > max_images:
+        raise PayloadTooLarge(f"{len(chosen)} images in one request; the limit is {max_images}")
+    if any(part.filename is None for part in chosen):
+        raise InvalidRequest("the image field must be a file upload, not a text value")
+    return [Upload(filename=part.filename, data=part.data) for part in chosen], bool(many)
+
+
+def read_parts(content_type: str, body: bytes, max_files: int) -> list[Part]:
+    """Every part of a multipart/form-data body; InvalidRequest, in words, for anything malformed."""
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise _malformed("Missing boundary in multipart.")
+    delimiter = CRLF + b"--" + boundary
+    position = _first_part(body, delimiter)
+    parts: list[Part] = []
+    files = fields = 0
+    while not body.startswith(b"--", position):  # "--" after a delimiter closes the body; the rest is epilogue
+        part, position = _read_part(body, position, delimiter)
+        files, fields = files + (part.filename is not None), fields + (part.filename is None)
+        if files > max_files:
+            raise _malformed(f"Too many files. Maximum number of files is {max_files}.")
+        if fields > MAX_TEXT_FIELDS:
+            raise _malformed(f"Too many fields. Maximum number of fields is {MAX_TEXT_FIELDS}.")
+        parts.append(part)
+    return parts
+
+
+def _first_part(body: bytes, delimiter: bytes) -> int:
+    """Where the first part's delimiter line ends; a preamble before it is allowed, as RFC 2046 says."""
+    if body.startswith(delimiter[2:]):
+        return len(delimiter) - 2
+    found = body.find(delimiter)
+    if found < 0:
+        raise _malformed("the body holds no part that starts with the boundary")
+    return found + len(delimiter)
+
+
+def _read_part(body: bytes, position: int, delimiter: bytes) -> tuple[Part, int]:
+    """The part whose delimiter line ends at ``position``, and where the next delimiter line ends."""
+    line_end = body.find(CRLF, position)
+    if line_end < 0 or body[position:line_end].strip(b" \t"):
+        raise _malformed("a boundary line is followed by something other than a line end")
+    head_start = line_end + 2
+    if body.startswith(CRLF, head_start):
+        head_end, data_start = head_start, head_start + 2
+    else:
+        head_end = body.find(CRLF + CRLF, head_start, head_start + MAX_PART_HEADER_BYTES)
+        if head_end < 0:
+            raise _malformed(f"a part's headers do not end within {MAX_PART_HEADER_BYTES} bytes")
+        data_start = head_end + 4
+    data_end = body.find(delimiter, data_start)
+    if data_end < 0:
+        raise _malformed("the body ends inside a part, without its closing boundary")
+    name, filename = _disposition(body[head_start:head_end])
+    return Part(name, filename, body[data_start:data_end]), data_end + len(delimiter)
+
+
+def _disposition(head: bytes) -> tuple[str, str | None]:
+    """The field name and filename from a part's Content-Disposition header."""
+    for line in head.split(CRLF) if head else ():
+        header, colon, value = line.partition(b":")
+        if not colon:
+            raise _malformed("a part header line has no colon")
+        if header.strip().lower() == b"content-disposition":
+            kind, options = parse_options_header(value.strip())
+            if kind != b"form-data" or b"name" not in options:
+                raise _malformed("a part's Content-Disposition is not form-data with a name")
+            filename = options.get(b"filename")
+            return _decode(options[b"name"]), None if filename is None else _decode(filename)
+    raise _malformed("a part has no Content-Disposition header")
+
+
+def _decode(value: bytes) -> str:
     try:
-        async with aclosing(request.stream()) as stream:
-            # One more than allowed so that "too many" is ours to word, not the parser's.
-            parser = InMemoryMultiPartParser(request.headers, stream, max_files=max_images + 1, max_fields=32)
-            form = await parser.parse()
-    except MultiPartException as exc:  # malformed multipart
-        raise InvalidRequest(f"malformed multipart body: {exc.message}") from None
-    try:
-        single, many = form.getlist("file"), form.getlist("files")
-        if not single and not many:
-            raise MissingField("no image: send it in form field 'file' (or several in 'files')")
-        if single and many:
-            raise InvalidRequest("send either 'file' or 'files', not both")
-        if len(single) > 1:
-            raise InvalidRequest("field 'file' takes one image; use 'files' for several")
-        parts = single or many
-        if len(parts) > max_images:
-            raise PayloadTooLarge(f"{len(parts)} images in one request; the limit is {max_images}")
-        uploads = []
-        for part in parts:
-            if not isinstance(part, UploadFile):
-                raise InvalidRequest("the image field must be a file upload, not a text value")
-            uploads.append(Upload(filename=part.filename, data=await part.read()))
-        return uploads, bool(many)
-    finally:
-        await form.close()
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _malformed(reason: str) -> InvalidRequest:
+    return InvalidRequest(f"malformed multipart body: {reason}")

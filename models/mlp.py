@@ -23,4 +23,5 @@ class NeuralNetwork(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_relu_stack(self.flatten(x))
+        logits: torch.Tensor = self.linear_relu_stack(self.flatten(x))
+        return logits

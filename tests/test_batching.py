@@ -1,4 +1,4 @@
-"""Dynamic batching and the /predict fast lane, through real HTTP handlers with real image bytes.
+"""Dynamic batching, through real HTTP handlers with real image bytes, and the batcher on its own.
 
 A gate in front of the model holds the first forward pass, so the tests decide what is queued when
 the model frees up, instead of hoping that threads line up.
@@ -18,11 +18,9 @@ import torch
 from fastapi.testclient import TestClient
 from torch import nn
 
-import app.routes.predict
 from app.batching import Batcher
 from app.config import Settings
-from app.errors import Overloaded
-from app.schemas import BatchPredictResponse, PredictResponse
+from app.errors import ModelFailed, Overloaded
 from tests.conftest import garment, image_bytes
 
 PNG = image_bytes(garment(), "PNG")
@@ -151,35 +149,6 @@ def test_batching_off_serves_each_request_on_its_own(
     assert [p["filename"] for p in many.json()["predictions"]] == ["0.png", "1.png", "2.png"]
 
 
-def test_fast_lane_answers_exactly_as_the_route(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    read_uploads = app.routes.predict.read_uploads
-
-    async def counting(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return await read_uploads(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(app.routes.predict, "read_uploads", counting)
-    fast = predict(client)
-    assert calls == []  # the plain request never reached the route
-    routed = predict(client, top_k="3")  # a query string goes to the route
-    assert calls == [1]
-    raw = client.post("/predict", content=PNG, headers={"content-type": "image/png"})
-    assert calls == [1]
-    for response in (fast, routed, raw):
-        assert response.status_code == 200
-        assert response.headers["content-type"] == "application/json"
-        PredictResponse.model_validate_json(response.content)  # the documented schema, exactly
-    body, reference = fast.json(), routed.json()
-    body.pop("inference_ms"), reference.pop("inference_ms")
-    assert body == reference
-    assert raw.json()["filename"] is None and raw.json()["probabilities"] == body["probabilities"]
-    batch = client.post("/predict", files=[("files", ("a.png", PNG, "image/png"))])
-    BatchPredictResponse.model_validate_json(batch.content)
-    metrics = client.get("/metrics").text
-    assert 'fashion_requests_total{method="POST",route="/predict",status="200"} 4.0' in metrics
-
-
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
@@ -188,14 +157,14 @@ def test_fast_lane_answers_exactly_as_the_route(client: TestClient, monkeypatch:
         (b"%PDF-1.4", 415, "unsupported_media_type"),
     ],
 )
-def test_fast_lane_errors_are_the_routes(client: TestClient, data: bytes, status: int, code: str) -> None:
-    for params in ({}, {"top_k": "3"}):  # fast lane, then route
+def test_errors_carry_the_request_id(client: TestClient, data: bytes, status: int, code: str) -> None:
+    for params in ({}, {"top_k": "3"}):
         response = predict(client, data, **params)
         assert (response.status_code, response.json()["error"]["code"]) == (status, code), params
         assert response.json()["error"]["request_id"] == response.headers["x-request-id"]
 
 
-def test_fast_lane_checks_the_api_key(make_client: Callable[..., TestClient], settings: Settings) -> None:
+def test_predict_checks_the_api_key(make_client: Callable[..., TestClient], settings: Settings) -> None:
     client = make_client(Settings(model_path=settings.model_path, device="cpu", api_key="s3cret"))
     assert predict(client).status_code == 401
     response = client.post(
@@ -234,7 +203,7 @@ def test_batcher_refuses_beyond_max_queue_without_queueing() -> None:
         batcher = Batcher(lambda p: torch.zeros(len(p), 10), max_batch_size=4, max_wait_s=0, max_queue=3)
         with pytest.raises(Overloaded) as refused:
             await batcher.submit(torch.zeros(4, 28, 28, dtype=torch.uint8))
-        assert refused.value.headers == {"Retry-After": "1"}
+        assert refused.value.retry_after_s == 1
         assert batcher.queued_images == 0
         await batcher.stop()
 
@@ -262,3 +231,84 @@ def test_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
 
     asyncio.run(run())
     assert sizes == [4]  # full before the deadline: one pass, without waiting it out
+
+
+def test_concurrent_requests_with_different_images_each_get_their_own_row(
+    client: TestClient, gated: GatedModel
+) -> None:
+    """Six different garments queued into one forward pass: each answer is the one that image gets alone."""
+    bodies = [image_bytes(garment((28, 28 - 3 * i), light_background=i % 2 == 1), "PNG") for i in range(6)]
+    batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        first, queued = queue_behind_first_batch(client, gated, pool, bodies)
+        wait_for(lambda: batcher.queued_images == 6, "six queued images")
+        gated.gate.set()
+        together = [future.result(30).json() for future in queued]
+        first.result(30)
+    assert gated.batch_sizes[:2] == [1, 6]
+    alone = [predict(client, body, f"{i}.png").json() for i, body in enumerate(bodies)]
+    assert len({str(answer["probabilities"]) for answer in alone}) == 6  # six different answers to tell apart
+    for shared, single in zip(together, alone, strict=True):
+        assert shared["filename"] == single["filename"]
+        assert shared["probabilities"] == pytest.approx(single["probabilities"], abs=1e-6)
+
+
+def test_a_job_cancelled_while_queued_leaves_its_batch() -> None:
+    sizes: list[int] = []
+    release = threading.Event()
+
+    def model(pixels: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(pixels))
+        release.wait(10)
+        return torch.zeros(len(pixels), 10)
+
+    async def run() -> None:
+        batcher = Batcher(model, max_batch_size=64, max_wait_s=0, max_queue=100)
+        batcher.start()
+        try:
+            holding = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            await asyncio.sleep(0.05)  # the model holds the first job
+            leaving = asyncio.ensure_future(batcher.submit(torch.zeros(5, 28, 28, dtype=torch.uint8)))
+            staying = asyncio.ensure_future(batcher.submit(torch.zeros(2, 28, 28, dtype=torch.uint8)))
+            await asyncio.sleep(0.01)
+            leaving.cancel()  # its client went away while it waited
+            release.set()
+            await holding
+            output, _seconds = await staying
+            assert len(output) == 2
+            assert leaving.cancelled()
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+    assert sizes == [1, 2]  # the cancelled job's five images never reached the model
+
+
+def test_a_dead_batcher_worker_fails_what_was_queued_and_is_restarted() -> None:
+    async def run() -> None:
+        batcher = Batcher(lambda p: torch.zeros(len(p), 10), max_batch_size=8, max_wait_s=0, max_queue=100)
+        real_next_batch = batcher._next_batch
+        calls = 0
+
+        async def broken_once() -> list:  # type: ignore[type-arg]
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                await asyncio.sleep(0.02)  # let a job queue first
+                raise RuntimeError("a bug in the batching loop")
+            return await real_next_batch()
+
+        batcher._next_batch = broken_once  # type: ignore[method-assign]
+        batcher.start()
+        try:
+            with pytest.raises(ModelFailed):
+                await batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8))
+            await asyncio.sleep(0)  # the done-callback has run: a new worker is up
+            output, _seconds = await asyncio.wait_for(batcher.submit(torch.zeros(3, 28, 28, dtype=torch.uint8)), 5)
+            assert len(output) == 3
+            assert batcher.restarts == 1
+            assert batcher.queued_images == 0
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())

@@ -334,3 +334,51 @@ def test_page_is_served_with_a_strict_content_security_policy(base_url: str) -> 
     assert "default-src 'self'" in response.headers["content-security-policy"]
     assert httpx.get(base_url + "/static/app.js").status_code == 200
     assert httpx.get(base_url + "/static/../main.py").status_code == 404
+
+
+def test_api_docs_link_shows_every_operation_from_this_server(open_page: Callable[..., Page], base_url: str) -> None:
+    """Swagger UI's script and stylesheet come from this server: the page works with no internet at all."""
+    schema = httpx.get(base_url + "/openapi.json").json()
+    operations = sorted(f"{method.upper()} {path}" for path, item in schema["paths"].items() for method in item)
+    page = open_page(base_url)
+    page.get_by_role("link", name="API docs").click()
+    expect(page).to_have_url(base_url + "/docs")
+    expect(page.locator(".info .title")).to_contain_text(schema["info"]["title"])
+    blocks = page.locator(".opblock")
+    expect(blocks).to_have_count(len(operations))
+    methods = blocks.locator(".opblock-summary-method").all_inner_texts()
+    paths = [path.get_attribute("data-path") for path in blocks.locator(".opblock-summary-path").all()]
+    shown = [f"{method} {path}" for method, path in zip(methods, paths, strict=True)]
+    assert sorted(shown) == operations
+    predict = page.locator(".opblock-post").filter(has=page.locator('[data-path="/predict"]'))
+    predict.locator(".opblock-summary").click()
+    expect(predict.get_by_role("button", name="Try it out")).to_be_visible()
+    screenshot(page, "api-docs")
+    docs = httpx.get(base_url + "/docs")
+    assert docs.headers["content-security-policy"] == httpx.get(base_url + "/").headers["content-security-policy"]
+    assert httpx.get(base_url + "/redoc").status_code == 404  # ReDoc has no offline copy: off, not half-working
+
+
+def test_explanation_overlays_the_input_and_a_non_garment_is_warned_about(
+    open_page: Callable[..., Page], trained_artifact: Path, tmp_path: Path
+) -> None:
+    """With a really trained model: a sample shows its map over the 28x28 input and no warning; a flat grey
+    picture gets the "may not be a garment" warning; the toggle hides the map."""
+    with serve(browser_settings(trained_artifact)) as url:
+        page = open_page(url)
+        expect(page.locator("#server-status")).to_contain_text("Model ready")
+        page.get_by_role("button", name="Classify sample: Trouser (test image 2)").click()
+        expect(page.locator("#heatmap")).to_be_visible()
+        expect(page.locator("#heatmap")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+        expect(page.locator("#not-garment")).to_be_hidden()
+        screenshot(page, "explained-sample")
+        page.locator("#show-explanation").uncheck()
+        expect(page.locator("#heatmap")).to_be_hidden()
+        page.locator("#show-explanation").check()
+        grey = tmp_path / "grey.png"
+        Image.new("L", (28, 28), 128).save(grey)
+        page.get_by_label("Choose an image…").set_input_files(grey)
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator("#not-garment")).to_be_visible()
+        expect(page.locator("#not-garment")).to_contain_text("may not be a garment")
+        screenshot(page, "not-a-garment")

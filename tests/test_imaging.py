@@ -12,18 +12,10 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from app.errors import InvalidImage
-from app.imaging import (
-    DecodedImage,
-    InvertMode,
-    _pre_inflated,
-    decode_image,
-    decode_simple_jpeg,
-    decode_simple_png,
-    fit_image,
-    open_image,
-    simple_png_size,
-)
+from app.errors import ImageTooLarge, InvalidImage
+from app.imaging import DecodedImage, InvertMode, decode_image, open_upload, png
+from app.imaging import jpeg as fast_jpeg
+from app.imaging.pillow import fit_image, open_image
 from tests.conftest import garment, image_bytes
 
 ROTATED = Image.Exif()
@@ -48,8 +40,19 @@ def with_fixed_crc(data: bytearray, offset: int) -> bytes:
     return bytes(data)
 
 
+def decode_simple_png(data: bytes, invert: InvertMode) -> DecodedImage | None:
+    """The PNG fast decoder alone, as the entrance would call it; None where it leaves the file to Pillow."""
+    size = png.simple_size(data)
+    return None if size is None else png.decode(data, invert, size)
+
+
+def decode_simple_jpeg(data: bytes, invert: InvertMode) -> DecodedImage | None:
+    size = fast_jpeg.simple_size(data)
+    return None if size is None else fast_jpeg.decode(data, invert, size)
+
+
 def assert_sees_what_pillow_sees(fast: DecodedImage | None, data: bytes, invert: InvertMode) -> None:
-    reference = fit_image(open_image(data), invert)
+    reference = fit_image(open_image(data, 10**8), invert)
     assert fast is not None
     assert torch.equal(fast.pixels, reference.pixels)
     assert (fast.format, fast.width, fast.height, fast.inverted) == (
@@ -76,7 +79,7 @@ PHOTOS = {
 @pytest.mark.parametrize("data", PHOTOS.values(), ids=PHOTOS.keys())
 def test_stored_rows_decode_to_the_same_array_as_libspng_alone(data: bytes) -> None:
     width, height = struct.unpack_from(">II", data, 16)
-    rewritten = _pre_inflated(data, width, height)
+    rewritten = png._pre_inflated(data, width, height)
     assert rewritten is not None and rewritten != data, "these rows are large enough for libdeflate"
     assert np.array_equal(pyspng.load(rewritten), pyspng.load(data))
 
@@ -92,7 +95,7 @@ SMALL_PNGS = {
 @pytest.mark.parametrize("data", [*SMALL_PNGS.values(), *PHOTOS.values()], ids=[*SMALL_PNGS, *PHOTOS])
 @pytest.mark.parametrize("invert", list(InvertMode))
 def test_png_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
-    assert_sees_what_pillow_sees(decode_simple_png(data, invert, 10**8), data, invert)
+    assert_sees_what_pillow_sees(decode_simple_png(data, invert), data, invert)
 
 
 @pytest.mark.parametrize(
@@ -108,23 +111,24 @@ def test_png_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: Invert
     ids=["palette", "alpha", "16-bit", "exif", "truncated", "jpeg"],
 )
 def test_png_fast_path_leaves_everything_else_to_pillow(data: bytes) -> None:
-    assert decode_simple_png(data, InvertMode.AUTO, 10**8) is None
+    assert decode_simple_png(data, InvertMode.AUTO) is None
 
 
-def test_png_fast_path_leaves_bombs_to_pillow() -> None:
-    assert decode_simple_png(image_bytes(garment((100, 100)), "PNG"), InvertMode.AUTO, max_pixels=9_999) is None
+def test_png_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="100x100"):
+        open_upload(image_bytes(garment((100, 100)), "PNG"), max_pixels=9_999)
 
 
 def test_small_pngs_keep_libspngs_own_inflate() -> None:
     for data, side in ((image_bytes(garment(), "PNG"), 28), (image_bytes(noise_photo((100, 100)), "PNG"), 100)):
-        assert _pre_inflated(data, side, side) is data  # up to 30 KB of rows
+        assert png._pre_inflated(data, side, side) is data  # up to 30 KB of rows
 
 
 def test_a_wrong_idat_crc_is_refused_as_pillow_refuses_it() -> None:
     data = bytearray(PHOTOS["rgb-300"])
     offset = first_idat(data)
     data[offset + 8 + 100] ^= 0xFF  # a byte of the compressed rows; the chunk's CRC now disagrees
-    assert simple_png_size(bytes(data)) is None  # libspng would not notice: Pillow's path decides
+    assert png.simple_size(bytes(data)) is None  # libspng would not notice: Pillow's path decides
     with pytest.raises(InvalidImage):
         decode_image(bytes(data))
 
@@ -134,7 +138,7 @@ def test_rows_that_do_not_inflate_are_refused() -> None:
     offset = first_idat(data)
     data[offset + 8 + 100] ^= 0xFF
     corrupt = with_fixed_crc(data, offset)  # CRC right, deflate stream or its checksum wrong
-    assert _pre_inflated(corrupt, 300, 300) is None
+    assert png._pre_inflated(corrupt, 300, 300) is None
     with pytest.raises(InvalidImage):
         decode_image(corrupt)
 
@@ -143,9 +147,9 @@ def test_rows_short_of_the_declared_height_are_left_to_pillow() -> None:
     data = bytearray(PHOTOS["rgb-300"])
     data[20:24] = struct.pack(">I", 301)  # IHDR height one row more than the rows hold
     taller = with_fixed_crc(data, 8)
-    assert _pre_inflated(taller, 300, 301) is None
-    assert decode_simple_png(taller, InvertMode.AUTO, 10**8) is None
-    reference = fit_image(open_image(taller), InvertMode.AUTO)  # Pillow pads the missing row
+    assert png._pre_inflated(taller, 300, 301) is None
+    assert decode_simple_png(taller, InvertMode.AUTO) is None
+    reference = fit_image(open_image(taller, 10**8), InvertMode.AUTO)  # Pillow pads the missing row
     assert torch.equal(decode_image(taller).pixels, reference.pixels)
 
 
@@ -167,7 +171,7 @@ JPEGS = {
 @pytest.mark.parametrize("data", JPEGS.values(), ids=JPEGS.keys())
 @pytest.mark.parametrize("invert", list(InvertMode))
 def test_jpeg_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: InvertMode) -> None:
-    assert_sees_what_pillow_sees(decode_simple_jpeg(data, invert, 10**8), data, invert)
+    assert_sees_what_pillow_sees(decode_simple_jpeg(data, invert), data, invert)
 
 
 @pytest.mark.parametrize(
@@ -182,11 +186,12 @@ def test_jpeg_fast_path_sees_exactly_what_pillow_sees(data: bytes, invert: Inver
     ids=["exif", "cmyk", "truncated", "garbage-after-soi", "png"],
 )
 def test_jpeg_fast_path_leaves_everything_else_to_pillow(data: bytes) -> None:
-    assert decode_simple_jpeg(data, InvertMode.AUTO, 10**8) is None
+    assert decode_simple_jpeg(data, InvertMode.AUTO) is None
 
 
-def test_jpeg_fast_path_leaves_bombs_to_pillow() -> None:
-    assert decode_simple_jpeg(JPEGS["rgb-300"], InvertMode.AUTO, max_pixels=89_999) is None
+def test_jpeg_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="300x300"):
+        open_upload(JPEGS["rgb-300"], max_pixels=89_999)
 
 
 def test_truncated_jpeg_is_refused_in_words() -> None:

@@ -94,6 +94,107 @@ def test_protected_route_with_the_key_is_200(
         assert response.status_code == 200, response.text
 
 
+UNAUTHORIZED_MESSAGE = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+WRONG_KEYS = [None, "Bearer wrong-key", f"Bearer {API_KEY}x", "Bearer", f"Basic {API_KEY}"]
+# The fast lane (app/fastlane.py) answers POST /predict without a query string; any query string goes to the route.
+BOTH_PATHS = ["", "?top_k=3"]
+
+
+def assert_unauthorized(response: httpx.Response, message: str = UNAUTHORIZED_MESSAGE) -> None:
+    """The REST API's 401, exactly."""
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    request_id = response.headers["x-request-id"]
+    assert response.json() == {"error": {"code": "unauthorized", "message": message, "request_id": request_id}}
+
+
+def v2_keyed_routes(client: TestClient) -> list[tuple[str, str]]:
+    """The /v2 routes behind the key, with the model's real version, so only the key can make them fail."""
+    version = client.get("/readyz").json()["model_version"]
+    model = "/v2/models/fashion-mnist"
+    return [
+        ("GET", model),
+        ("GET", f"{model}/versions/{version}"),
+        ("POST", f"{model}/infer"),
+        ("POST", f"{model}/versions/{version}/infer"),
+    ]
+
+
+def call_v2(client: TestClient, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
+    if method == "POST":
+        pixels = {"name": "pixels", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}
+        return client.post(path, json={"inputs": [pixels]}, headers=headers)
+    return client.get(path, headers=headers)
+
+
+@pytest.mark.parametrize("authorization", WRONG_KEYS)
+def test_v2_metadata_and_infer_without_the_right_key_are_401(
+    make_client: Callable[..., TestClient], keyed_settings: Settings, authorization: str | None
+) -> None:
+    """Every keyed /v2 route, versioned ones included, in the protocol's error shape; the right key opens each."""
+    client = make_client(keyed_settings)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    for method, path in v2_keyed_routes(client):
+        denied = call_v2(client, method, path, headers)
+        assert denied.status_code == 401, path
+        assert denied.headers["www-authenticate"] == "Bearer"
+        assert denied.json() == {"error": UNAUTHORIZED_MESSAGE}
+        assert call_v2(client, method, path, {"Authorization": f"Bearer {API_KEY}"}).status_code == 200, path
+
+
+def test_v2_unknown_model_or_version_is_401_before_404(
+    make_client: Callable[..., TestClient], keyed_settings: Settings
+) -> None:
+    """Without the key, nothing is told about which models or versions exist."""
+    client = make_client(keyed_settings)
+    for method, path in [("GET", "/v2/models/other"), ("POST", "/v2/models/fashion-mnist/versions/0/infer")]:
+        denied = call_v2(client, method, path, {"Authorization": "Bearer wrong-key"})
+        assert (denied.status_code, denied.json()) == (401, {"error": UNAUTHORIZED_MESSAGE}), path
+        assert call_v2(client, method, path, {"Authorization": f"Bearer {API_KEY}"}).status_code == 404, path
+
+
+@pytest.mark.parametrize("query", BOTH_PATHS)
+@pytest.mark.parametrize("authorization", WRONG_KEYS)
+def test_raw_image_body_without_the_right_key_is_401(
+    make_client: Callable[..., TestClient], keyed_settings: Settings, query: str, authorization: str | None
+) -> None:
+    client = make_client(keyed_settings)
+    headers = {"Content-Type": "image/png"} | ({} if authorization is None else {"Authorization": authorization})
+    assert_unauthorized(client.post(f"/predict{query}", content=png(), headers=headers))
+    headers["Authorization"] = f"Bearer {API_KEY}"
+    assert client.post(f"/predict{query}", content=png(), headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("query", BOTH_PATHS)
+def test_two_authorization_headers_wrong_then_right_are_401(
+    make_client: Callable[..., TestClient], keyed_settings: Settings, query: str
+) -> None:
+    client = make_client(keyed_settings)
+    headers = [("Authorization", "Bearer wrong-key"), ("Authorization", f"Bearer {API_KEY}")]
+    response = client.post(f"/predict{query}", files={"file": ("g.png", png(), "image/png")}, headers=headers)
+    assert_unauthorized(response, "missing or wrong API key: send one Authorization header")
+
+
+@pytest.mark.parametrize("query", BOTH_PATHS)
+def test_two_authorization_headers_right_then_wrong_are_401(
+    make_client: Callable[..., TestClient], keyed_settings: Settings, query: str
+) -> None:
+    client = make_client(keyed_settings)
+    headers = [("Authorization", f"Bearer {API_KEY}"), ("Authorization", "Bearer wrong-key")]
+    response = client.post(f"/predict{query}", files={"file": ("g.png", png(), "image/png")}, headers=headers)
+    assert_unauthorized(response, "missing or wrong API key: send one Authorization header")
+
+
+@pytest.mark.parametrize("query", BOTH_PATHS)
+def test_upper_case_file_field_is_a_missing_field(client: TestClient, query: str) -> None:
+    """Form field names are case-sensitive (RFC 7578, and python-multipart behind the route): 'FILE' is not 'file'."""
+    response = client.post(f"/predict{query}", files={"FILE": ("g.png", png(), "image/png")})
+    assert response.status_code == 422
+    message = "no image: send it in form field 'file' (or several in 'files')"
+    request_id = response.headers["x-request-id"]
+    assert response.json() == {"error": {"code": "missing_field", "message": message, "request_id": request_id}}
+
+
 def test_probes_stay_open_when_a_key_is_set(make_client: Callable[..., TestClient], keyed_settings: Settings) -> None:
     client = make_client(keyed_settings)
     for path in ("/healthz", "/readyz", "/metrics"):

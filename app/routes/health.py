@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.errors import NotReady
 from app.schemas import Health, Readiness, error_responses
+from app.service import require_service
 
 router = APIRouter(tags=["health"])
 
@@ -24,9 +24,7 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Readiness:
     """The model is loaded and warmed up; 503 with the reason otherwise."""
-    service = request.app.state.service
-    if service is None:
-        raise NotReady(request.app.state.not_ready_reason, headers={"Retry-After": "5"})
+    service = require_service(request.app.state)
     return Readiness(status="ready", model_version=service.predictor.version, device=str(service.predictor.device))
 
 

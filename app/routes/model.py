@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -31,7 +30,9 @@ async def model_params(
     """Every parameter: shape, dtype, size and statistics; like the quickstart's `param[:2]` with ?values=N."""
     predictor = service.predictor
     parameters = [
-        ParameterInfo(**asdict(summary), values=predictor.parameter_values(summary.name, values) if values else None)
+        ParameterInfo(
+            **summary.model_dump(), values=predictor.parameter_values(summary.name, values) if values else None
+        )
         for summary in predictor.parameters
     ]
     total = sum(p.numel for p in parameters)

@@ -1,38 +1,65 @@
-"""POST /predict."""
+"""POST /predict: the route, documented for OpenAPI; the work is app/rest.py's answer_predict."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from app.deps import ServiceDep, SettingsDep, require_api_key
 from app.imaging import InvertMode
+from app.rest import answer_predict
 from app.schemas import BatchPredictResponse, PredictResponse, error_responses
-from app.uploads import read_uploads
 
-router = APIRouter(tags=["predict"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["predict"])
 
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "one image"},
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "several images; one result each, in order",
-                        },
-                    },
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": {**schema, "description": description},
+        "description": description,
     }
+
+
+# Documented here, parsed by app/rest.py's parse_options: one parser for every way a request comes in.
+QUERY_PARAMETERS = [
+    _query(
+        "invert",
+        "make the image light-on-dark: auto decides from the border",
+        {"type": "string", "enum": [mode.value for mode in InvertMode], "title": "Invert", "default": "auto"},
+    ),
+    _query("top_k", "length of the top-k list", {"type": "integer", "maximum": 10, "minimum": 1, "title": "Top K"}),
+    _query(
+        "return_input",
+        "include the 28x28 input the model saw, as a PNG data URL",
+        {"type": "boolean", "default": False, "title": "Return Input"},
+    ),
+    _query(
+        "explain",
+        "include, per image, a DeepLIFT map of which pixels made the predicted class (28x28 and a PNG)",
+        {"type": "boolean", "default": False, "title": "Explain"},
+    ),
+]
+UPLOAD_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "one image"},
+                    "files": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "several images; one result each, in order",
+                    },
+                },
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
 }
 ERRORS = error_responses(
     {
@@ -50,24 +77,12 @@ ERRORS = error_responses(
     "/predict",
     response_model=PredictResponse | BatchPredictResponse,
     responses=ERRORS,
-    openapi_extra=UPLOAD_BODY,
+    openapi_extra={"requestBody": UPLOAD_BODY, "parameters": QUERY_PARAMETERS},
     summary="Classify one image (field 'file' or a raw image body) or several (field 'files')",
 )
-async def predict(
-    request: Request,
-    service: ServiceDep,
-    settings: SettingsDep,
-    invert: Annotated[
-        InvertMode, Query(description="make the image light-on-dark: auto decides from the border")
-    ] = InvertMode.AUTO,
-    top_k: Annotated[int | None, Query(ge=1, le=10, description="length of the top-k list")] = None,
-    return_input: Annotated[
-        bool, Query(description="include the 28x28 input the model saw, as a PNG data URL")
-    ] = False,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Classify FashionMNIST-style images: probabilities of all ten classes, top-k and the argmax."""
-    uploads, is_batch = await read_uploads(request, settings.max_images_per_request)
-    request.state.images = len(uploads)
-    result = await service.classify(uploads, invert=invert, top_k=top_k or settings.top_k, return_input=return_input)
-    # Serialised once, by orjson; response_model above still documents the body.
-    return Response(result.to_json(service.predictor.version, batch=is_batch), media_type="application/json")
+    body = await request.body()
+    payload, images = await answer_predict(request.app.state, request.headers.raw, request.scope["query_string"], body)
+    request.state.images = images
+    return Response(payload, media_type="application/json")

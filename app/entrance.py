@@ -1,0 +1,43 @@
+"""POST /predict answered before FastAPI's router and dependency machinery: the same call, made earlier.
+
+Per request, FastAPI's routing, exception and dependency layers cost more CPU than a small image's decode and
+its share of the forward pass (bench/entrance.py measures both ways). This middleware takes every POST /predict
+and calls the very function the route calls, ``answer_predict``, and answers errors through the same mapper,
+so the answer is the same byte for byte (tests/test_entrance.py sends generated requests both ways). The
+route stays what OpenAPI documents, and what serves when the entrance is off.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ServiceError
+from app.http_errors import error_response
+from app.rest import answer_predict
+
+PATH = "/predict"
+
+
+class PredictEntrance:
+    def __init__(self, app: ASGIApp, route: BaseRoute) -> None:
+        self.app = app
+        self.route = route  # named in the scope, so metrics and the access log see the route, as on its own path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        response: Response
+        try:
+            body = await Request(scope, receive).body()
+            payload, images = await answer_predict(scope["app"].state, scope["headers"], scope["query_string"], body)
+        except ServiceError as exc:  # anything else goes up to RequestContextMiddleware, as from the route
+            response = error_response(exc, scope)
+        else:
+            scope.setdefault("state", {})["images"] = images
+            response = Response(payload, media_type="application/json")
+        await response(scope, receive, send)
