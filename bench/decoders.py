@@ -139,15 +139,20 @@ def fit_grayscale_first(image: Image.Image) -> object:
     return fit.fit_bytes(gray.tobytes(), gray.width, gray.height, InvertMode.AUTO)
 
 
-def with_resample(resample: Image.Resampling, function: Callable[[], object]) -> Callable[[], object]:
-    """Run ``function`` with app.imaging.fit's last resize filter set to ``resample`` (fit reads it per call)."""
+def patched(function: Callable[[], object], **settings: object) -> Callable[[], object]:
+    """Run ``function`` with app.imaging's module constants changed (the code reads them per call): the last
+    resize's filter (``RESAMPLE``, app.imaging.fit) or the JPEG decode scale (``DRAFT_SIDE``, app.imaging.jpeg)."""
+    modules = {"RESAMPLE": fit, "DRAFT_SIDE": jpeg}
 
     def call() -> object:
-        shipped, fit.RESAMPLE = fit.RESAMPLE, resample
+        shipped = {name: getattr(modules[name], name) for name in settings}
+        for name, value in settings.items():
+            setattr(modules[name], name, value)
         try:
             return function()
         finally:
-            fit.RESAMPLE = shipped
+            for name, value in shipped.items():
+                setattr(modules[name], name, value)
 
     return call
 
@@ -214,8 +219,16 @@ def fitting_rows(kinds: dict[str, Kind], rounds: int, budget: float) -> list[Row
         data = kinds[name].data
         decode = lambda d=data: decode_image(d)  # noqa: E731
         resamples = (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
-        bicubic, lanczos = cpu_us([with_resample(r, decode) for r in resamples], rounds, budget)
+        bicubic, lanczos = cpu_us([patched(decode, RESAMPLE=r) for r in resamples], rounds, budget)
         rows.append(Row(name, "decode to 28x28", "bicubic last resize", bicubic, "Lanczos", lanczos))
+    for name in ("300x300 photo JPEG q90", "640x480 photo JPEG q90"):
+        decode = lambda d=kinds[name].data: decode_image(d)  # noqa: E731
+        side = fit.IMAGE_SIDE
+        wide = patched(decode, DRAFT_SIDE=2 * side, RESAMPLE=Image.Resampling.LANCZOS)
+        shipped, wider = cpu_us([decode, wide], rounds, budget)
+        rows.append(
+            Row(name, "decode to 28x28", f"DCT scale ≥ {side}px, bicubic", shipped, f"≥ {2 * side}px, Lanczos", wider)
+        )
     return rows
 
 
@@ -299,7 +312,7 @@ def agreement(model_path: Path, count: int) -> list[str]:
         picture = workloads.photo(pixels, rng, workloads.MIXED_SIZES[i % len(workloads.MIXED_SIZES)])
         encoded.append(workloads.encode(picture, "JPEG" if i % 2 == 0 else "PNG"))
     for resample in (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
-        decode = with_resample(resample, lambda: [decode_image(data).pixels for data in encoded])
+        decode = patched(lambda: [decode_image(data).pixels for data in encoded], RESAMPLE=resample)
         with torch.no_grad():
             logits = model(pixels_to_input(torch.stack(decode())))  # type: ignore[arg-type]
         answers[resample] = logits.argmax(1).tolist()
