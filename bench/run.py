@@ -1,7 +1,8 @@
 """Throughput and latency of fashion-serve against a naive server and the HTTP ceiling, in one run.
 
-    .venv/bin/python bench/run.py            # the full run (~8 minutes): 3 rounds, medians reported
-    .venv/bin/python bench/run.py --quick    # a smoke run (~1 minute)
+    .venv/bin/python bench/run.py            # the full run (~10 minutes): 3 rounds, medians reported
+    .venv/bin/python bench/run.py --quick    # a smoke run (~2 minutes)
+    .venv/bin/python bench/run.py --baseline /tmp/before   # and the app of another checkout, as `baseline`
 
 Every server runs as one uvicorn worker pinned to one core (``taskset -c 0``); wrk, from Debian
 (``apt-get install wrk``), runs on another core (``taskset -c 1``) with one thread, sending real
@@ -11,7 +12,11 @@ multipart uploads (bench/upload.lua). The servers:
 * ``app-nobatch``: the same with FASHION_BATCHING=false;
 * ``naive``: bench/naive_server.py, quickstart-style (PIL, ToTensor, model, softmax per request);
 * ``ceiling-asyncio`` / ``ceiling-uvloop``: bench/ceiling_server.py, the same multipart parsing and a
-  constant answer, with asyncio + h11 and with uvloop + httptools.
+  constant answer, with asyncio + h11 and with uvloop + httptools;
+* ``baseline`` (with ``--baseline``): the app as another working tree has it, e.g. an older commit's.
+
+The workloads are bench/workloads.py's: ``small`` and ``photos``, on which the throughput issue's acceptance
+checks are judged, and ``mixed``, photos at the sizes clients send, whose ratio to naive is reported beside them.
 
 All servers are started at once and measured interleaved (round by round, cell by cell, server by
 server), so noise from a shared machine spreads over all of them; each figure is the median over rounds.
@@ -170,7 +175,7 @@ def measure(args: argparse.Namespace) -> tuple[dict[tuple[str, int, str], Cell],
         for round_ in range(args.rounds):
             order = list(urls) if round_ % 2 == 0 else list(reversed(urls))  # no server always goes first
             for load in loads.values():
-                for connections in CONCURRENCY:
+                for connections in args.connections:
                     for name in order:
                         result = wrk(urls[name], load, connections, args.duration, args.client_core)
                         cells.setdefault((load.name, connections, name), Cell()).add(result)
@@ -294,7 +299,7 @@ def describe(checkout: Path) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s per cell: a smoke run (~1 min)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s per cell: a smoke run (~2 min)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the median (default 3)")
     parser.add_argument("--duration", type=int, default=4, help="seconds per cell per round (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up per server and workload")
@@ -302,6 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workloads", nargs="+", choices=workloads.NAMES, default=list(workloads.NAMES), help="default: all"
     )
+    parser.add_argument("--connections", nargs="+", type=int, default=list(CONCURRENCY), help="default: 1 16 64")
     parser.add_argument(
         "--baseline",
         type=Path,
