@@ -1,6 +1,6 @@
 """Each decoding choice the server makes, timed against the alternative it turned down, on the app's own functions.
 
-    .venv/bin/python bench/decoders.py              # ~1 minute; writes "Decoders" in bench/RESULTS.md
+    .venv/bin/python bench/decoders.py              # a few minutes; writes "Decoders" in bench/RESULTS.md
     .venv/bin/python bench/decoders.py --no-write   # print only
 
 The images are built from FashionMNIST's test set as bench/run.py's workloads are (bench/workloads.py): a 28x28
@@ -272,8 +272,8 @@ def hop_rows(kinds: dict[str, Kind], rounds: int, budget: float, concurrency: in
 
     rows = []
     try:
-        noop = [b""]  # a hop with nothing to decode: what the round trip alone costs
-        nothing, hop = cpu_us([burst(_noop_inline, noop[0]), burst(_noop_hop, noop[0])], rounds, budget)
+        # A hop with nothing to decode: what the round trip alone costs.
+        nothing, hop = cpu_us([burst(_noop_inline, b""), burst(_noop_hop, b"")], rounds, budget)
         rows.append(Hop("(nothing: the hop alone)", 0, "-", nothing / concurrency, hop / concurrency))
         for kind in kinds.values():
             inline, hopped = cpu_us([burst(on_loop, kind.data), burst(in_thread, kind.data)], rounds, budget)
