@@ -88,8 +88,8 @@ def encode(result: Classified, uploads: list[Upload], options: PredictOptions, *
     ]
     tail = {"model_version": result.model_version, "inference_ms": round(result.model_seconds * 1000, 3)}
     if batch:
-        return orjson.dumps({"predictions": predictions, **tail})
-    return orjson.dumps({**predictions[0], **tail})
+        return orjson.dumps({"predictions": predictions, **tail}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps({**predictions[0], **tail}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _prediction(
@@ -129,7 +129,7 @@ def _scores(result: Classified) -> list[dict[str, Any]]:
 def _explanations(result: Classified) -> list[dict[str, Any]]:
     explanation = result.explanation
     assert explanation is not None
-    maps: list[list[list[float]]] = explanation.attributions.tolist()
+    maps = explanation.attributions.numpy()  # float32 arrays: orjson writes them straight, each value short
     return [
         {
             "class_index": int(explanation.target[i]),
