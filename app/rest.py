@@ -51,7 +51,7 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
 
 def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
     """invert, top_k, return_input and explain from the query string (the last of a repeated one); others ignored."""
-    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
     invert = query.get("invert", InvertMode.AUTO.value)
     if invert not in InvertMode.__members__.values():
         raise InvalidParameter(f"query.invert: must be one of auto, true, false, not {invert!r:.40}")
