@@ -12,8 +12,10 @@ pulls in a plotting stack); tests check it against Captum's DeepLift on real ima
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from torch import nn
 
 from models.mlp import IMAGE_SIDE, NeuralNetwork
 from models.preprocess import pixels_to_input
@@ -38,7 +40,8 @@ def _rescale(
 @torch.inference_mode()
 def explain(model: NeuralNetwork, pixels: torch.Tensor, target: torch.Tensor | None = None) -> Explanation:
     """DeepLIFT (rescale) maps for uint8 (N, 28, 28) pixels, baseline black, for ``target`` or the predicted class."""
-    first, _, middle, _, last = model.linear_relu_stack
+    layers = cast("tuple[nn.Linear, nn.ReLU, nn.Linear, nn.ReLU, nn.Linear]", tuple(model.linear_relu_stack))
+    first, _, middle, _, last = layers
     device = first.weight.device
     x = pixels_to_input(pixels).to(device).flatten(1)
     base = torch.zeros_like(x[:1])

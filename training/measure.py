@@ -33,7 +33,7 @@ def reliability_bins(
     correct = (predicted == labels).double()
     index = (confidence * bins).long().clamp(max=bins - 1)
     rows = []
-    for b in index.unique().tolist():
+    for b in index.unique().tolist():  # type: ignore[no-untyped-call]  # torch leaves Tensor.unique unannotated
         chosen = index == b
         rows.append((float(confidence[chosen].mean()), float(correct[chosen].mean()), int(chosen.sum())))
     return rows
@@ -55,7 +55,7 @@ def auroc(garments: torch.Tensor, others: torch.Tensor) -> float:
     order = scores.argsort()
     ranks = torch.empty_like(scores)
     ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
-    for value in scores[order][1:][scores[order].diff() == 0].unique():  # average the ranks of ties
+    for value in scores[order][1:][scores[order].diff() == 0].unique():  # type: ignore[no-untyped-call]  # torch leaves Tensor.unique unannotated; averages the ranks of ties
         tied = scores == value
         ranks[tied] = ranks[tied].mean()
     n_in, n_out = len(garments), len(others)

@@ -10,6 +10,7 @@ paper arrives as light ink on black, as a user's upload would.
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -120,7 +121,7 @@ def _font_pool(part: int) -> list[Callable[[int], ImageFont.FreeTypeFont | Image
     fonts = system_fonts()[part::2]
     if not fonts:
         return [lambda size: ImageFont.load_default(size)]
-    return [lambda size, path=path: ImageFont.truetype(str(path), size) for path in fonts]
+    return [functools.partial(ImageFont.truetype, str(path)) for path in fonts]
 
 
 def make_text(rng: np.random.Generator, variant: Variant, count: int) -> list[np.ndarray]:
@@ -193,7 +194,7 @@ def make_noise(rng: np.random.Generator, variant: Variant, count: int) -> list[n
         noise = str(rng.choice(variant.noises))
         if noise == "uniform":
             low = rng.integers(0, 128)
-            pixels = rng.integers(low, rng.integers(low + 64, 256), size=shape)
+            pixels: np.ndarray = rng.integers(low, rng.integers(low + 64, 256), size=shape)
         elif noise == "gaussian":
             pixels = rng.normal(rng.uniform(40, 215), rng.uniform(20, 80), size=shape)
         elif noise == "salt_and_pepper":

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display on servers or in CI
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 
 from models import Scorer, write_atomically
 from training.data import FashionData
@@ -157,7 +158,7 @@ def write_report(
     return written
 
 
-def _to_png(fig: plt.Figure) -> bytes:
+def _to_png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")

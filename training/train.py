@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -172,10 +172,10 @@ class Standardizer:
 
         The architecture at inference is unchanged; done in float64 so the fold adds no visible error.
         """
-        first = model.linear_relu_stack[0]
+        first = cast(nn.Linear, model.linear_relu_stack[0])
         with torch.no_grad():
             weight = first.weight.double() / self.std
-            first.bias -= (weight @ self.mean.flatten().double().to(weight.device)).to(first.bias.dtype)
+            first.bias.sub_((weight @ self.mean.flatten().double().to(weight.device)).to(first.bias.dtype))
             first.weight.copy_(weight)
 
 
@@ -196,7 +196,7 @@ def train_one_epoch(
     device = next(model.parameters()).device
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     order = torch.randperm(len(inputs), generator=generator)
-    batches = order.split(config.batch_size)[: config.max_batches]
+    batches = torch.split(order, config.batch_size)[: config.max_batches]
     total_loss = correct = seen = 0.0
     use_bf16 = resolve_precision(config.precision, device) == "bf16"
     started = time.perf_counter()
@@ -235,7 +235,7 @@ def evaluate(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     confusion = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.int64)
     total_loss = 0.0
-    for x, y in zip(inputs.split(batch_size), labels.split(batch_size), strict=True):
+    for x, y in zip(torch.split(inputs, batch_size), torch.split(labels, batch_size), strict=True):
         logits = model(x.to(device))
         total_loss += loss_fn(logits, y.to(device)).item()
         predicted = logits.argmax(1).cpu()
@@ -278,7 +278,11 @@ def start_run(train_x: torch.Tensor, config: TrainConfig, device: torch.device) 
         optimizer, max_lr=config.lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch, pct_start=0.15
     )
     # An exponential moving average of the weights smooths the last noisy steps of SGD.
-    averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema else None
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema))  # type: ignore[no-untyped-call]  # torch leaves get_ema_multi_avg_fn unannotated
+        if config.ema
+        else None
+    )
     standardizer = Standardizer.fit(train_x) if config.standardize else None
     return Run(model, optimizer, scheduler, averaged, standardizer, generator, steps_per_epoch)
 

@@ -52,7 +52,7 @@ def outputs_of(model: NeuralNetwork, images: torch.Tensor) -> Outputs:
     scorer = Scorer(model)
     device = scorer.device
     flats, hiddens, logits = [], [], []
-    for chunk in images.split(CHUNK):
+    for chunk in torch.split(images, CHUNK):
         flat = pixels_to_input(chunk).flatten(1)
         chunk_logits, hidden = scorer.logits_and_hidden(flat.to(device))
         flats.append(flat)
@@ -103,7 +103,7 @@ def spherical_kmeans(points: torch.Tensor, clusters: int, steps: int, seed: int)
     generator = torch.Generator().manual_seed(seed)
     centroids = directions[torch.randperm(len(directions), generator=generator)[:clusters]].clone()
     for _ in range(steps):
-        nearest = torch.cat([(chunk @ centroids.T).argmax(1) for chunk in directions.split(CHUNK)])
+        nearest = torch.cat([(chunk @ centroids.T).argmax(1) for chunk in torch.split(directions, CHUNK)])
         sums = torch.zeros_like(centroids).index_add_(0, nearest, directions)
         empty = sums.norm(dim=1) == 0  # a cluster nobody chose keeps its old place
         centroids = torch.where(empty[:, None], centroids, F.normalize(sums, dim=1))
