@@ -142,6 +142,8 @@ class ModelStore:
         """Full digests of the files that look like versions (regular files named <sha256>.safetensors)."""
         try:
             entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []  # nothing published yet
         except OSError as exc:
             raise StoreError("the model store cannot be read") from exc
         found = [entry.name[: -len(SUFFIX)] for entry in entries if FILE_NAME.fullmatch(entry.name)]

@@ -19,6 +19,7 @@ import torchvision
 
 from models import CLASS_NAMES, DEVICE_CHOICES, build_metadata, resolve_device, save_artifact
 from training.data import DATA_DIR_ENV, DEBIAN_DATA_DIR, DatasetError, FashionData, load_fashion_mnist
+from training.publish import add_publish_options, publish_artifact
 from training.report import per_class_table, write_report
 from training.train import (
     MAX_SHIFT,
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the artifact")
     parser.add_argument("--no-report", action="store_true", help="skip the confusion-matrix and curves PNGs")
     parser.add_argument("--dry-run", action="store_true", help="a few batches of one epoch: a quick smoke test")
+    add_publish_options(parser)
     return parser
 
 
@@ -236,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_report:
         for path in write_report(args.out, result.final.confusion, result.history, list(CLASS_NAMES)):
             log.info("report: %s", path)
-    return 0
+    return publish_artifact(args, args.out)
 
 
 def run_recipe(recipe: str, data: FashionData, config: TrainConfig, device: torch.device) -> FitResult:
