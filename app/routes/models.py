@@ -33,7 +33,7 @@ CHANGE_ERRORS = error_responses(
         401: "admin key required",
         403: "model changes are off (no FASHION_ADMIN_KEY)",
         404: "no such version in the store",
-        409: "the version is refused, or there is nothing to roll back to",
+        409: "the version is refused, nothing to roll back to, or no model store (FASHION_MODEL_PATH serves)",
         422: "the version is not 12 to 64 hex digits",
     }
 )
@@ -64,7 +64,10 @@ class ChangeResponse(BaseModel):
     generation: int
 
 
-@router.get("", response_model=ModelsResponse, dependencies=[Depends(require_api_key)])
+LIST_ERRORS = error_responses({401: "API key required", 409: "no model store: FASHION_MODEL_PATH serves one file"})
+
+
+@router.get("", response_model=ModelsResponse, dependencies=[Depends(require_api_key)], responses=LIST_ERRORS)
 async def list_models(request: Request) -> ModelsResponse:
     """Every version in the store: accuracy, created, and whether it serves, is available or refused (why)."""
     follower = _follower(request)
