@@ -41,8 +41,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # open_image checks every declared size against ours before a pixel is decoded, and names it; Pillow's guard
     # would answer first for the worst bombs, in its own words, and print plain-text warnings for smaller ones.
     Image.MAX_IMAGE_PIXELS = None
-    follower = await _follow_store(app, settings) if settings.model_store is not None else None
-    if follower is None:
+    follower = None
+    if settings.model_store is not None:
+        follower = await _follow_store(app, settings)
+    else:
         await _load_model_file(app, settings)
     # Torch, the app and the model live as long as the process: keep them out of the collector's full passes,
     # which walk all ~220k of them (~100 ms, measured) every second or two under load: the p99 latency.
@@ -74,12 +76,20 @@ async def _load_model_file(app: FastAPI, settings: Settings) -> None:
     log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
 
 
-async def _follow_store(app: FastAPI, settings: Settings) -> ModelFollower:
+async def _follow_store(app: FastAPI, settings: Settings) -> ModelFollower | None:
     """FASHION_MODEL_STORE (which wins over FASHION_MODEL_PATH): serve what the store's state names, and follow it."""
     assert settings.model_store is not None
     if "model_path" in settings.model_fields_set:
         log.warning("FASHION_MODEL_STORE is set, so FASHION_MODEL_PATH (%s) is ignored", settings.model_path)
-    follower = ModelFollower(app.state, ModelStore(settings.model_store), resolve_device(settings.device))
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:
+        if settings.require_model:
+            raise RuntimeError(f"cannot start: {exc}") from None
+        app.state.not_ready_reason = f"model not loaded: {exc}"
+        log.error("model not loaded; serving 503 until restarted: %s", exc)
+        return None
+    follower = ModelFollower(app.state, ModelStore(settings.model_store), device)
     app.state.follower = follower
     await follower.start()
     if app.state.service is None and settings.require_model:

@@ -304,3 +304,11 @@ def test_two_workers_follow_swaps_under_load_without_a_failed_request(versions: 
     # Each worker loaded a version at start and swapped at least once (a late starter may skip the early swaps);
     # the refused versions were never named by the state, so no worker tried them.
     assert server.log().count("serving version") >= 4 and "refused" not in server.log()
+
+
+def test_the_store_wins_over_the_model_path(
+    make_client: Callable[..., TestClient], versions: Versions, artifact_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    client = make_client(store_settings(versions.store, model_path=artifact_path))
+    assert predicted_version(client) == versions.good[:12]
+    assert "FASHION_MODEL_STORE is set, so FASHION_MODEL_PATH" in capfd.readouterr().err
