@@ -65,7 +65,7 @@ class ModelFollower:
         self.store = store
         self.device = device
         self.serving: str | None = None  # the full digest of the version this worker serves
-        self.refused: dict[str, str] = {}  # versions this worker could not load (reasons), since the last change
+        self.refused: dict[str, str] = {}  # versions this worker could not load, and why (tried again when named)
         self.note: str | None = None  # why this worker does not serve what the state names, when it does not
         self.generation = -1
         self._lock = asyncio.Lock()
@@ -106,7 +106,6 @@ class ModelFollower:
             if state.generation == self.generation:
                 return
             self.generation = state.generation
-            self.refused = {}
             await self._follow(state)
 
     async def _follow(self, state: StoreState) -> None:
@@ -138,6 +137,7 @@ class ModelFollower:
             self.refused[digest] = exc.reason
             log.error("version %s refused: %s", _short(digest), exc.detail)
             return None
+        self.refused.pop(digest, None)
         predictor = Predictor(artifact.model, artifact.metadata, artifact.path, self.device)
         predictor.version = digest[:12]  # a store version is named by its whole file's digest
         await asyncio.to_thread(predictor.warm_up)

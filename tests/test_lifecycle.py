@@ -60,11 +60,14 @@ def predicted_version(client: TestClient) -> str:
 
 
 def test_models_lists_every_version_with_its_state(make_client: Callable[..., TestClient], versions: Versions) -> None:
+    junk = "ee" * 32
+    (versions.store.root / f"{junk}.safetensors").write_bytes(b"not an artifact")
     client = make_client(store_settings(versions.store))
     body = client.get("/models").json()
     assert body["serving"] == body["state_serving"] == versions.good[:12]
     by_id = {entry["id"]: entry for entry in body["versions"]}
-    assert by_id.keys() == {versions.good, versions.other, versions.weak}
+    assert by_id.keys() == {versions.good, versions.other, versions.weak, junk}
+    assert (by_id[junk]["state"], by_id[junk]["reason"]) == ("refused", "it is not a readable artifact")
     assert by_id[versions.good]["state"] == "serving" and by_id[versions.good]["accuracy"] == 0.93
     assert by_id[versions.other]["state"] == "available" and by_id[versions.other]["created"]
     assert by_id[versions.weak] | {"created": None} == {

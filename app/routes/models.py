@@ -184,6 +184,8 @@ def _describe(follower: ModelFollower, state: StoreState, digest: str) -> Versio
         if metadata:
             HEADERS[digest] = metadata
     reason = follower.refused.get(digest) or state.refused.get(digest)
+    if not metadata and digest != follower.serving:
+        reason = reason or "it is not a readable artifact"  # never validated, yet plainly unusable
     status = "serving" if digest == follower.serving else "refused" if reason else "available"
     created = metadata.get("created_at")
     return VersionInfo(
