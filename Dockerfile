@@ -2,7 +2,11 @@
 #
 #   make model                          # artifacts/model.safetensors: the image serves this file
 #   docker build -t fashion-serve .
-#   docker run --rm -p 8000:8000 fashion-serve
+#   docker run --rm -p 8000:8000 --read-only --tmpfs /tmp fashion-serve
+#
+# The one writable path it needs is /tmp, a tmpfs (Kubernetes: an emptyDir with medium Memory): the
+# workers' metrics files (PROMETHEUS_MULTIPROC_DIR, so /metrics adds up every worker) and Python's
+# temporary files. Without it a read-only container stops at start-up, saying so.
 #
 # The model comes from the build context rather than a training stage: training in the build
 # would pull torchvision (here only installable with the multi-gigabyte CUDA torch), matplotlib
@@ -74,6 +78,8 @@ COPY --from=build /opt/venv /opt/venv
 COPY --from=model /model/model.safetensors /opt/fashion-serve/model.safetensors
 # One uvicorn worker per core (WEB_CONCURRENCY overrides), each with one torch thread, so the
 # workers never fight over cores. A baked-in model that will not load is a broken image: exit.
+# fashion-serve (app/cli.py) is uvicorn with the connection limits, and it empties the metrics
+# directory before the workers start.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     FASHION_MODEL_PATH=/opt/fashion-serve/model.safetensors \
@@ -84,12 +90,15 @@ ENV PATH=/opt/venv/bin:$PATH \
 # writes bytecode for exactly the modules serving imports: about 30 MB instead of 117 MB for all
 # of site-packages, while a read-only container that had none would compile torch in every worker
 # at every start (import time 2-3x longer).
-RUN PYTHONDONTWRITEBYTECODE='' python -c "import sys, torch, uvicorn, uvicorn.supervisors, PIL.Image, app.predictor; \
-uvicorn.Config('app.main:app').load(); PIL.Image.init(); \
+RUN PYTHONDONTWRITEBYTECODE='' python -c "import sys, torch, uvicorn, uvicorn.main, uvicorn.supervisors, PIL.Image, app.cli, app.predictor; \
+uvicorn.Config('app.main:app', http=app.cli.DEFAULTS['http']).load(); PIL.Image.init(); \
+import prometheus_client.multiprocess; \
 m = app.predictor.Predictor.load(sys.argv[1], torch.device('cpu')).metadata; acc = m.test_accuracy or 0.0; \
 print(f'model {m.weights_sha256[:12]}: test accuracy {acc:.4f}'); \
 sys.exit(None if acc >= float(sys.argv[2]) else f'model test accuracy {acc} is below MIN_ACCURACY {sys.argv[2]}')" \
     "$FASHION_MODEL_PATH" "$MIN_ACCURACY"
+# After the check above, which must not write metrics files: fashion-serve empties this directory at start.
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/fashion-metrics
 # Numeric, so a runtime can verify non-root (Kubernetes runAsNonRoot) without reading /etc/passwd.
 USER 10001:10001
 WORKDIR /opt/fashion-serve
@@ -97,4 +106,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # nproc counts the CPUs this container may run on; a CPU quota (docker run --cpus) lowers it further.
-CMD ["/bin/sh", "-c", "n=$(nproc); [ -r /sys/fs/cgroup/cpu.max ] && read q p < /sys/fs/cgroup/cpu.max && [ \"$q\" != max ] && n=$(( (q + p - 1) / p < n ? (q + p - 1) / p : n )); exec uvicorn app.main:app --host 0.0.0.0 --port 8000 --no-access-log --workers \"${WEB_CONCURRENCY:-$n}\""]
+CMD ["/bin/sh", "-c", "n=$(nproc); [ -r /sys/fs/cgroup/cpu.max ] && read q p < /sys/fs/cgroup/cpu.max && [ \"$q\" != max ] && n=$(( (q + p - 1) / p < n ? (q + p - 1) / p : n )); exec fashion-serve --port 8000 --workers \"${WEB_CONCURRENCY:-$n}\""]

@@ -25,7 +25,7 @@ $(MODEL):
 model: setup $(MODEL)
 
 serve: model
-	FASHION_MODEL_PATH=$(MODEL) $(VENV)/bin/uvicorn app.main:app --host 0.0.0.0 --port $(PORT) --no-access-log
+	FASHION_MODEL_PATH=$(MODEL) $(VENV)/bin/fashion-serve --port $(PORT)
 
 test: data
 	$(PY) -m pytest

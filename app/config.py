@@ -66,6 +66,19 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         60.0, gt=0, description="seconds a request may take in all, then 503 (a stuck model answers, never hangs)"
     )
+    idle_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a new connection may stay silent before it is closed (fashion-serve)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a request's headers may take from its first byte, then 408 (fashion-serve)"
+    )
+    max_header_line_bytes: int = Field(
+        8192, ge=256, description="longest request line or header line, then 431 (fashion-serve)"
+    )
+    max_header_bytes: int = Field(
+        32768, ge=1024, description="request line and headers together, then 431 (fashion-serve)"
+    )
+    max_headers: int = Field(100, ge=8, description="most header lines in one request, then 431 (fashion-serve)")
     top_k: int = Field(3, ge=1, le=10, description="default length of the top-k list")
     batching: bool = Field(True, description="gather concurrent requests into one forward pass")
     max_batch_size: int = Field(64, ge=1, description="most images in one forward pass")

@@ -31,7 +31,7 @@ log = logging.getLogger("app.lifecycle")
 
 
 def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) -> InferenceService:
-    """A service around ``predictor`` with its own batcher (started) when batching is on."""
+    """A service around ``predictor`` with its own batcher (started) when batching is on, reporting to ``metrics``."""
     batcher = None
     if settings.batching:
         batcher = Batcher(
@@ -42,9 +42,21 @@ def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) ->
             on_batch=metrics.observe_batch,
         )
         batcher.start()
+        metrics.watch_queue(batcher)
     return InferenceService(
-        predictor, batcher, settings.max_image_pixels, decode_concurrency=settings.decode_concurrency
+        predictor,
+        batcher,
+        settings.max_image_pixels,
+        decode_concurrency=settings.decode_concurrency,
+        on_classified=metrics.observe_predictions,
     )
+
+
+def announce(predictor: Predictor, metrics: Metrics) -> None:
+    """The metrics that describe the model serving: its version and device, its training images' intensity."""
+    metrics.model_info.info({"version": predictor.version, "device": str(predictor.device)})
+    if predictor.training_mean_intensity is not None:
+        metrics.training_intensity.set(predictor.training_mean_intensity)
 
 
 async def retire(service: InferenceService) -> None:
@@ -138,7 +150,7 @@ class ModelFollower:
             log.error("version %s refused: %s", _short(digest), exc.detail)
             return None
         self.refused.pop(digest, None)
-        predictor = Predictor(artifact.model, artifact.metadata, artifact.path, self.device)
+        predictor = Predictor(artifact.model, artifact.metadata, artifact.path, self.device, artifact.parts)
         predictor.version = digest[:12]  # a store version is named by its whole file's digest
         await asyncio.to_thread(predictor.warm_up)
         predictor.load_seconds = time.perf_counter() - started
@@ -148,7 +160,7 @@ class ModelFollower:
         old: InferenceService | None = self.app_state.service
         self.app_state.service = service  # one assignment: each request sees the old service or the new
         self.serving = digest
-        self.app_state.metrics.model_info.info({"version": digest[:12], "device": str(self.device)})
+        announce(service.predictor, self.app_state.metrics)
         log.info("serving version %s (was %s)", _short(digest), _short(old.predictor.version if old else None))
         if old is not None:
             task = asyncio.get_running_loop().create_task(retire(old), name="retire-model")

@@ -18,7 +18,7 @@ from PIL import Image
 from app.config import Settings, get_settings
 from app.entrance import PATH, PredictEntrance
 from app.http_errors import install_error_handlers
-from app.lifecycle import ModelFollower, build_service
+from app.lifecycle import ModelFollower, announce, build_service
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -72,7 +72,7 @@ async def _load_model_file(app: FastAPI, settings: Settings) -> None:
         log.error("model not loaded; serving 503 until restarted: %s", exc)
         return
     app.state.service = build_service(predictor, settings, app.state.metrics)
-    app.state.metrics.model_info.info({"version": predictor.version, "device": str(device)})
+    announce(predictor, app.state.metrics)
     log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
 
 
@@ -119,9 +119,8 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
     for router in (predict.router, model.router, models.router, health.router, ui.router, docs.router, oip.router):
         app.include_router(router)
     if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
-        app.add_middleware(
-            PredictEntrance, route=next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH)
-        )
+        route = next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH)
+        app.add_middleware(PredictEntrance, route=route)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,

@@ -1,49 +1,152 @@
-"""Prometheus metrics, in a registry per app so several apps (tests) never collide."""
+"""Prometheus metrics that add up across uvicorn workers, and stay in a registry per app in one process.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set before the process starts (``fashion-serve`` sets it; the image points
+it into its one tmpfs) every worker writes its values to memory-mapped files there, and ``/metrics`` merges
+all the files, so each scrape gives the totals of every worker that has run, whichever worker answers it.
+Without it (tests, a plain ``uvicorn app.main:app``) the values live in this app's own registry.
+
+Multiprocess mode has rules, kept here for every metric added later: build it with :meth:`Metrics.counter`,
+:meth:`Metrics.histogram` or :meth:`Metrics.gauge`. Counters and histograms merge by summing; a gauge must
+say how workers' values merge (``merge=``, one of prometheus-client's multiprocess modes, ``live*`` ones
+forgetting dead workers); Info and Enum cannot merge at all, so "which model" is a gauge with labels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from app.service import Classified
 
 # A `_created` timestamp beside every series doubles what a scraper stores and no dashboard reads it.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves it unannotated
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+GaugeMerge = Literal[
+    "livesum", "livemax", "livemin", "liveall", "livemostrecent", "sum", "max", "min", "all", "mostrecent"
+]
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
+
+
+class QueueSource(Protocol):
+    @property
+    def queued_images(self) -> int: ...
+
+
+class InfoGauge:
+    """An Info that merges across workers: the gauge is 1 for the current label values, 0 for earlier ones."""
+
+    def __init__(self, gauge: Gauge) -> None:
+        self.gauge = gauge
+        self._current: dict[str, str] | None = None
+
+    def info(self, values: dict[str, str]) -> None:
+        if self._current is not None and self._current != values:
+            self.gauge.labels(**self._current).set(0)
+        self.gauge.labels(**values).set(1)
+        self._current = dict(values)
 
 
 class Metrics:
+    """The service's metrics; attributes are the prometheus-client objects the code updates."""
+
     def __init__(self) -> None:
+        self.directory = _multiprocess_directory()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "fashion_requests",
-            "HTTP requests by route and status",
-            ["route", "method", "status"],
-            registry=self.registry,
+        self.merge_modes: dict[str, GaugeMerge] = {}
+        self._queue: QueueSource | None = None
+        self.requests = self.counter(
+            "fashion_requests", "HTTP requests by route and status", ["route", "method", "status"]
         )
-        self.latency = Histogram(
-            "fashion_request_seconds",
-            "HTTP request latency",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+        self.latency = self.histogram("fashion_request_seconds", "HTTP request latency", LATENCY_BUCKETS, ["route"])
+        self.batch_size = self.histogram("fashion_batch_size", "images per forward pass", BATCH_BUCKETS)
+        self.model_seconds = self.histogram("fashion_model_seconds", "time per forward pass", LATENCY_BUCKETS)
+        self.queue_wait = self.histogram(
+            "fashion_queue_wait_seconds", "time a request's images waited for the model", LATENCY_BUCKETS
         )
-        self.batch_size = Histogram(
-            "fashion_batch_size", "images per forward pass", buckets=BATCH_BUCKETS, registry=self.registry
+        self.queue_depth = self.gauge(
+            "fashion_queue_images", "images waiting for the model, in all live workers", merge="livesum"
         )
-        self.model_seconds = Histogram(
-            "fashion_model_seconds", "time per forward pass", buckets=LATENCY_BUCKETS, registry=self.registry
+        self.images = self.counter("fashion_images", "images classified")
+        self._drift_metrics()
+        self.model_info = InfoGauge(
+            self.gauge(
+                "fashion_model_info",
+                "the model being served: live workers serving each version",
+                ["version", "device"],
+                merge="livesum",
+            )
         )
-        self.queue_wait = Histogram(
-            "fashion_queue_wait_seconds",
-            "time a request's images waited for the model",
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+
+    def _drift_metrics(self) -> None:
+        """What the traffic looks like, beside what the model was trained on: a dashboard sees inputs drift."""
+        self.predicted_class = self.counter("fashion_predicted_class", "images classified, by class", ["class_name"])
+        self.confidence = self.histogram(
+            "fashion_prediction_confidence", "the predicted class's probability", CONFIDENCE_BUCKETS
         )
-        self.queue_depth = Gauge("fashion_queue_images", "images waiting for the model", registry=self.registry)
-        self.images = Counter("fashion_images", "images classified", registry=self.registry)
-        self.model_info = Info("fashion_model", "the model being served", registry=self.registry)
+        self.out_of_distribution = self.counter(
+            "fashion_out_of_distribution", "images flagged as maybe not a garment (in_distribution false)"
+        )
+        self.inverted = self.counter("fashion_inverted", "images inverted to light-on-dark before the model saw them")
+        self.input_intensity = self.summary(
+            "fashion_input_intensity", "each image's mean pixel intensity (0 to 1) as the model saw it: sum and count"
+        )
+        self.training_intensity = self.gauge(
+            "fashion_training_input_intensity",
+            "the mean pixel intensity of the training images (0 to 1), to compare the traffic's mean with",
+            merge="livemax",
+        )
+
+    def observe_predictions(self, result: Classified) -> None:
+        confidence, best = result.output.probabilities.max(dim=1)
+        for index in best.tolist():
+            self.predicted_class.labels(result.class_names[index]).inc()
+        for value in confidence.tolist():
+            self.confidence.observe(value)
+        for intensity in (result.pixels.float().mean(dim=(1, 2)) / 255).tolist():
+            self.input_intensity.observe(intensity)
+        self.inverted.inc(sum(result.inverted))
+        if result.output.in_distribution is not None:
+            self.out_of_distribution.inc(int((~result.output.in_distribution).sum()))
+
+    def summary(self, name: str, documentation: str) -> Summary:
+        """A sum and a count (no quantiles: those cannot merge across workers)."""
+        return Summary(name, documentation, registry=self.registry)
+
+    def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, documentation, labels, registry=self.registry)
+
+    def histogram(
+        self, name: str, documentation: str, buckets: Sequence[float], labels: Sequence[str] = ()
+    ) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
+
+    def gauge(self, name: str, documentation: str, labels: Sequence[str] = (), *, merge: GaugeMerge) -> Gauge:
+        """A gauge, with how the workers' values add up: ``livesum`` for amounts, ``livemax`` for levels, ..."""
+        self.merge_modes[name] = merge
+        return Gauge(name, documentation, labels, registry=self.registry, multiprocess_mode=merge)
+
+    def watch_queue(self, queue: QueueSource) -> None:
+        """Read this worker's queued images from ``queue`` after every batch and at every scrape."""
+        self._queue = queue
 
     def observe_batch(self, size: int, seconds: float, waits: Iterable[float] = ()) -> None:
         self.batch_size.observe(size)
@@ -51,3 +154,44 @@ class Metrics:
         self.images.inc(size)
         for wait in waits:
             self.queue_wait.observe(wait)
+        self._update_queue_depth()
+
+    def render(self) -> bytes:
+        """The exposition text: this registry, or every worker's files merged (dead workers' live gauges dropped)."""
+        self._update_queue_depth()
+        if self.directory is None:
+            return generate_latest(self.registry)
+        forget_dead_workers(self.directory)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self.directory))  # type: ignore[no-untyped-call]  # unannotated upstream
+        return generate_latest(merged)
+
+    def _update_queue_depth(self) -> None:
+        # Set where it changes, in each worker, rather than only in the worker a scrape reaches: the merged
+        # value would otherwise add up other workers' figures from their own last scrape.
+        if self._queue is not None:
+            self.queue_depth.set(self._queue.queued_images)
+
+
+def _multiprocess_directory() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def forget_dead_workers(directory: Path) -> None:
+    """Drop the ``live*`` gauges of workers that have exited (uvicorn replaces a dead worker without telling us).
+
+    Their counters and histograms stay: what they counted happened.
+    """
+    for path in directory.glob("gauge_live*.db"):
+        match = _LIVE_GAUGE_FILE.fullmatch(path.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), str(directory))  # type: ignore[no-untyped-call]  # unannotated upstream
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:  # no such process, or another user's that took its id: our worker is gone
+        return False
+    return True

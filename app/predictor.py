@@ -11,26 +11,52 @@ from typing import Any
 import torch
 
 from app.schemas import ParameterStats
-from models import IMAGE_SIDE, ArtifactMetadata, NeuralNetwork, load_artifact, pixels_to_input
+from models import (
+    IMAGE_SIDE,
+    ArtifactError,
+    ArtifactMetadata,
+    Explanation,
+    NeuralNetwork,
+    ReferenceMismatchError,
+    Scorer,
+    TrustParts,
+    check_reference_outputs,
+    explain,
+    load_artifact,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelOutput:
     """What one forward pass gives for N images; the batcher splits it back into each request's rows."""
 
-    probabilities: torch.Tensor  # float32 (N, 10) softmax, on the CPU
+    probabilities: torch.Tensor  # float32 (N, 10) softmax (calibrated when the artifact is), on the CPU
+    ood_score: torch.Tensor | None = None  # float32 (N,): higher is less like the training data
+    in_distribution: torch.Tensor | None = None  # bool (N,): ood_score within the artifact's threshold
 
     def __len__(self) -> int:
         return len(self.probabilities)
 
     def split(self, sizes: list[int]) -> list[ModelOutput]:
-        return [ModelOutput(part) for part in torch.split(self.probabilities, sizes)]
+        parts = [torch.split(t, sizes) if t is not None else [None] * len(sizes) for t in self._fields()]
+        return [ModelOutput(*fields) for fields in zip(*parts, strict=True)]
+
+    def _fields(self) -> tuple[torch.Tensor | None, ...]:
+        return self.probabilities, self.ood_score, self.in_distribution
 
 
 class Predictor:
     """A loaded, warmed-up model on its device, with what /model and /model/params report."""
 
-    def __init__(self, model: NeuralNetwork, metadata: ArtifactMetadata, path: Path, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: NeuralNetwork,
+        metadata: ArtifactMetadata,
+        path: Path,
+        device: torch.device,
+        parts: TrustParts | None = None,
+    ) -> None:
+        self.parts = parts or TrustParts()
         self.model = model.to(device).eval()
         self.metadata = metadata
         self.path = path
@@ -41,20 +67,50 @@ class Predictor:
         self.load_seconds = 0.0
         self.parameters = summarize_parameters(self.model)
 
+    @property
+    def model(self) -> NeuralNetwork:
+        return self.scorer.model
+
+    @model.setter
+    def model(self, model: NeuralNetwork) -> None:
+        """The scorer follows the model: its calibration and detector stay those of the artifact."""
+        self.scorer = Scorer(model, self.parts.calibration, self.parts.ood)
+
     @classmethod
     def load(cls, path: Path, device: torch.device) -> Predictor:
+        """Load, verify, and check the model reproduces what training recorded, on this machine, before serving."""
         started = time.perf_counter()
         artifact = load_artifact(path, device)
-        predictor = cls(artifact.model, artifact.metadata, path, device)
+        predictor = cls(artifact.model, artifact.metadata, path, device, artifact.parts)
+        if artifact.parts.reference is not None:
+            try:
+                check_reference_outputs(predictor.scorer, artifact.parts.reference)
+            except ReferenceMismatchError as exc:
+                raise ArtifactError(path, str(exc)) from None
         predictor.warm_up()
         predictor.load_seconds = time.perf_counter() - started
         return predictor
 
-    @torch.inference_mode()
+    @property
+    def has_ood_detector(self) -> bool:
+        return self.parts.ood is not None
+
+    @property
+    def training_mean_intensity(self) -> float | None:
+        """The training images' mean pixel (0 to 1), which the detector's input statistics recorded, if it has them."""
+        for component in self.parts.ood.components if self.parts.ood is not None else ():
+            if "mean" in component.tensors:
+                return float(component.tensors["mean"].mean())
+        return None
+
     def predict(self, pixels: torch.Tensor) -> ModelOutput:
-        """uint8 (N, 28, 28) -> float32 (N, 10) softmax probabilities on the CPU."""
-        inputs = pixels_to_input(pixels).to(self.device, non_blocking=True)
-        return ModelOutput(torch.softmax(self.model(inputs), dim=1).cpu())
+        """uint8 (N, 28, 28) -> probabilities (calibrated when the artifact is) and, with a detector, OOD scores."""
+        scores = self.scorer.score(pixels)
+        return ModelOutput(scores.probabilities, scores.ood_score, scores.in_distribution)
+
+    def explain(self, pixels: torch.Tensor) -> Explanation:
+        """DeepLIFT maps for the predicted classes (calibration never changes which class that is)."""
+        return explain(self.model, pixels)
 
     def warm_up(self) -> None:
         """Run once so the first real request pays no lazy initialisation (allocator, kernels, cuDNN)."""
@@ -73,6 +129,8 @@ class Predictor:
             "device": str(self.device),
             "loaded_at": self.loaded_at,
             "load_seconds": round(self.load_seconds, 4),
+            "calibrated": self.parts.calibration is not None,
+            "ood_detector": self.parts.ood is not None,
             "metadata": self.metadata.to_dict(),
         }
 

@@ -16,6 +16,7 @@ import orjson
 from app.auth import HeaderPairs, check_api_key
 from app.config import Settings
 from app.errors import InvalidParameter
+from app.heatmap import attribution_png
 from app.imaging import InvertMode, pixels_to_png
 from app.service import Classified, require_service
 from app.uploads import Upload, read_uploads
@@ -29,6 +30,7 @@ class PredictOptions:
     invert: InvertMode
     top_k: int
     return_input: bool
+    explain: bool
 
 
 MODEL_VERSION_HEADER = "X-Model-Version"  # every answer names the version that computed it, in a header too
@@ -52,12 +54,12 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
     options = parse_options(query_string, settings.top_k)
     content_type = next((value for name, value in headers if name == b"content-type"), b"").decode("latin-1")
     uploads, batch = read_uploads(content_type, body, settings.max_images_per_request)
-    result = await service.classify([upload.data for upload in uploads], options.invert)
+    result = await service.classify([upload.data for upload in uploads], options.invert, explain=options.explain)
     return PredictAnswer(encode(result, uploads, options, batch=batch), len(uploads), result.model_version)
 
 
 def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
-    """invert, top_k and return_input from the query string (the last of a repeated one); others are ignored."""
+    """invert, top_k, return_input and explain from the query string (the last of a repeated one); others ignored."""
     query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     invert = query.get("invert", InvertMode.AUTO.value)
     if invert not in InvertMode.__members__.values():
@@ -65,7 +67,12 @@ def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
     top_k = query.get("top_k", str(default_top_k))
     if not (top_k.isascii() and top_k.isdigit() and 1 <= int(top_k) <= 10):
         raise InvalidParameter(f"query.top_k: must be a whole number from 1 to 10, not {top_k!r:.40}")
-    return PredictOptions(InvertMode(invert), int(top_k), _boolean("return_input", query.get("return_input", "false")))
+    return PredictOptions(
+        InvertMode(invert),
+        int(top_k),
+        _boolean("return_input", query.get("return_input", "false")),
+        _boolean("explain", query.get("explain", "false")),
+    )
 
 
 def _boolean(name: str, value: str) -> bool:
@@ -83,8 +90,9 @@ def encode(result: Classified, uploads: list[Upload], options: PredictOptions, *
     check the bodies against the schemas instead.
     """
     rows: list[list[float]] = result.output.probabilities.tolist()  # one call, instead of a tensor op per image
+    ood = _scores(result)
     predictions = [
-        _prediction(result, index, upload.filename, row, options)
+        _prediction(result, index, upload.filename, row, options) | ood[index]
         for index, (upload, row) in enumerate(zip(uploads, rows, strict=True))
     ]
     tail = {"model_version": result.model_version, "inference_ms": round(result.model_seconds * 1000, 3)}
@@ -101,7 +109,7 @@ def _prediction(
     best = ranked[0]
     input_image = None
     if options.return_input:
-        input_image = "data:image/png;base64," + base64.b64encode(pixels_to_png(result.pixels[index])).decode("ascii")
+        input_image = _png_data_url(pixels_to_png(result.pixels[index]))
     return {
         "filename": filename,
         "class_index": best,
@@ -113,3 +121,34 @@ def _prediction(
         "inverted": result.inverted[index],
         "input_image": input_image,
     }
+
+
+def _scores(result: Classified) -> list[dict[str, Any]]:
+    """Per image: ``ood_score`` and ``in_distribution`` (null without a detector), ``explanation`` when asked."""
+    output, count = result.output, len(result.output)
+    ood_scores = output.ood_score.tolist() if output.ood_score is not None else [None] * count
+    flags = output.in_distribution.tolist() if output.in_distribution is not None else [None] * count
+    explanations = _explanations(result) if result.explanation is not None else [None] * count
+    return [
+        {"ood_score": score, "in_distribution": flag, "explanation": explanation}
+        for score, flag, explanation in zip(ood_scores, flags, explanations, strict=True)
+    ]
+
+
+def _explanations(result: Classified) -> list[dict[str, Any]]:
+    explanation = result.explanation
+    assert explanation is not None
+    maps: list[list[list[float]]] = explanation.attributions.tolist()
+    return [
+        {
+            "class_index": int(explanation.target[i]),
+            "logit_change": float(explanation.logit_change[i]),
+            "attributions": maps[i],
+            "heatmap": _png_data_url(attribution_png(explanation.attributions[i])),
+        }
+        for i in range(len(maps))
+    ]
+
+
+def _png_data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")

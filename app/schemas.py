@@ -30,6 +30,15 @@ class ClassProbability(BaseModel):
     probability: float = Field(examples=[0.97])
 
 
+class Explanation(BaseModel):
+    class_index: int = Field(description="the class explained: the predicted one")
+    logit_change: float = Field(description="that class's logit on the image minus on a black image")
+    attributions: list[list[float]] = Field(
+        description="28x28 DeepLIFT (rescale) map over the input the model saw; it sums to logit_change"
+    )
+    heatmap: str = Field(description="the map as a 28x28 RGBA PNG data URL: red for the class, blue against")
+
+
 class Prediction(BaseModel):
     filename: str | None = Field(None, examples=["boot.png"])
     class_index: int = Field(examples=[9])
@@ -38,6 +47,18 @@ class Prediction(BaseModel):
     top_k: list[ClassProbability]
     inverted: bool = Field(description="whether the image was inverted to light-on-dark before the model saw it")
     input_image: str | None = Field(None, description="with return_input=true: the 28x28 input as a PNG data URL")
+    ood_score: float | None = Field(
+        None,
+        description="how unlike the training garments the image is (higher: less alike); null if the model has no "
+        "detector. docs/trust.md says how it is built",
+        examples=[-0.4],
+    )
+    in_distribution: bool | None = Field(
+        None,
+        description="false: this may not be a garment (ood_score above the threshold that 95% of real garments "
+        "pass); null if the model has no detector",
+    )
+    explanation: Explanation | None = Field(None, description="with explain=true: which pixels made the class")
 
 
 class PredictResponse(Prediction):
@@ -83,6 +104,8 @@ class ModelInfo(BaseModel):
     device: str
     loaded_at: str
     load_seconds: float
+    calibrated: bool = Field(description="the probabilities are temperature-scaled, as fitted at training")
+    ood_detector: bool = Field(description="predictions carry ood_score and in_distribution")
     metadata: dict[str, Any] = Field(description="the artifact's metadata document")
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ from app.batching import Batcher
 from app.errors import NotReady
 from app.imaging import DecodedImage, InvertMode, decode_image, open_upload
 from app.predictor import ModelOutput, Predictor
+from models import Explanation
 
 # What decodes on the event loop, and what in a thread: a hop to a thread and back costs more CPU than decoding a
 # small image, and buys nothing on one core; but a big image must not stall every other request. The declared
@@ -32,24 +35,39 @@ class Classified:
     model_seconds: float
     model_version: str
     class_names: list[str]
+    explanation: Explanation | None = None
 
 
 class InferenceService:
     def __init__(
-        self, predictor: Predictor, batcher: Batcher | None, max_image_pixels: int, decode_concurrency: int = 2
+        self,
+        predictor: Predictor,
+        batcher: Batcher | None,
+        max_image_pixels: int,
+        decode_concurrency: int = 2,
+        on_classified: Callable[[Classified], None] | None = None,
     ) -> None:
         self.predictor = predictor
+        self.on_classified = on_classified  # the drift metrics: what every request's images looked like
         self.batcher = batcher
         self.max_image_pixels = max_image_pixels
         # Each off-loop decode holds a whole decoded image (up to ~15 bytes a declared pixel): bound how many.
         self._decode_slots = asyncio.Semaphore(decode_concurrency)
         self.in_flight = 0  # requests inside _predict: a retired service stops its batcher once none is (lifecycle)
+        # Explanations run in a thread of their own, one batch at a time, beside the batcher: a client asking for
+        # them waits for this slot, never the others, whose requests go on through the batcher meanwhile.
+        self._explain_slot = asyncio.Semaphore(1)
 
-    async def classify(self, images: list[bytes], invert: InvertMode) -> Classified:
-        """Encoded images (any supported format) through the model, in order."""
+    async def classify(self, images: list[bytes], invert: InvertMode, *, explain: bool = False) -> Classified:
+        """Encoded images (any supported format) through the model, in order; with ``explain``, DeepLIFT maps too."""
         decoded = [await self._decode(data, invert) for data in images]
         pixels = decoded[0].pixels[None] if len(decoded) == 1 else torch.stack([image.pixels for image in decoded])
-        return await self._classify(pixels, [image.inverted for image in decoded])
+        result = await self._classify(pixels, [image.inverted for image in decoded])
+        if not explain:
+            return result
+        async with self._explain_slot:
+            explanation = await asyncio.to_thread(self.predictor.explain, pixels)
+        return dataclasses.replace(result, explanation=explanation)
 
     async def classify_pixels(self, pixels: torch.Tensor) -> Classified:
         """uint8 (N, 28, 28) pixels, already light-on-dark, through the model."""
@@ -57,7 +75,10 @@ class InferenceService:
 
     async def _classify(self, pixels: torch.Tensor, inverted: list[bool]) -> Classified:
         output, seconds = await self._predict(pixels)
-        return Classified(output, pixels, inverted, seconds, self.predictor.version, self.predictor.class_names)
+        result = Classified(output, pixels, inverted, seconds, self.predictor.version, self.predictor.class_names)
+        if self.on_classified is not None:
+            self.on_classified(result)
+        return result
 
     async def _predict(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
         """Through the batcher when there is one, so every protocol shares one queue and its back-pressure."""

@@ -7,11 +7,12 @@ Every server runs as one uvicorn worker pinned to one core (``taskset -c 0``); w
 (``apt-get install wrk``), runs on another core (``taskset -c 1``) with one thread, sending real
 multipart uploads (bench/upload.lua). The servers:
 
-* ``app``: fashion-serve as shipped (uvloop + httptools, dynamic batching, 1 torch thread);
+* ``app``: fashion-serve as shipped (uvloop + httptools through app/server.py's connection limits, dynamic
+  batching, metrics in multiprocess files, 1 torch thread);
 * ``app-nobatch``: the same with FASHION_BATCHING=false;
 * ``naive``: bench/naive_server.py, quickstart-style (PIL, ToTensor, model, softmax per request);
 * ``ceiling-asyncio`` / ``ceiling-uvloop``: bench/ceiling_server.py, the same multipart parsing and a
-  constant answer, with asyncio + h11 and with uvloop + httptools.
+  constant answer, with asyncio + h11 and with uvloop + httptools (through the same protocol as ``app``).
 
 All servers are started at once and measured interleaved (round by round, cell by cell, server by
 server), so noise from a shared machine spreads over all of them; each figure is the median over rounds.
@@ -47,7 +48,8 @@ import workloads  # noqa: E402
 LUA = ROOT / "bench" / "upload.lua"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 CONCURRENCY = (1, 16, 64)
-FAST = ("--loop", "uvloop", "--http", "httptools")
+# What fashion-serve runs (app/cli.py): uvloop and httptools, through the protocol with connection limits.
+FAST = ("--loop", "uvloop", "--http", "app.server:BoundedHttpToolsProtocol")
 PLAIN = ("--loop", "asyncio", "--http", "h11")
 
 
@@ -58,12 +60,18 @@ class Server:
     flags: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/openapi.json"
+    multiprocess_metrics: bool = False  # as the image runs the app: metrics in PROMETHEUS_MULTIPROC_DIR files
 
 
 SERVERS = {
-    "app": Server("app", "app.main:app", FAST, {"FASHION_TORCH_THREADS": "1"}, "/readyz"),
+    "app": Server("app", "app.main:app", FAST, {"FASHION_TORCH_THREADS": "1"}, "/readyz", True),
     "app-nobatch": Server(
-        "app-nobatch", "app.main:app", FAST, {"FASHION_TORCH_THREADS": "1", "FASHION_BATCHING": "false"}, "/readyz"
+        "app-nobatch",
+        "app.main:app",
+        FAST,
+        {"FASHION_TORCH_THREADS": "1", "FASHION_BATCHING": "false"},
+        "/readyz",
+        True,
     ),
     "naive": Server("naive", "bench.naive_server:app", ()),  # uvicorn's defaults, as a quickstart runs it
     "ceiling-asyncio": Server("ceiling-asyncio", "bench.ceiling_server:app", PLAIN),
@@ -107,6 +115,9 @@ def running(server: Server, args: argparse.Namespace, logs: Path) -> Iterator[st
     command = ["taskset", "-c", str(args.server_core), sys.executable, "-m", "uvicorn", server.module]
     command += ["--port", str(port), "--workers", "1", "--no-access-log", "--log-level", "warning", *server.flags]
     env = {**os.environ, "FASHION_MODEL_PATH": str(args.model), **server.env}
+    if server.multiprocess_metrics:
+        (logs / f"{server.name}-metrics").mkdir()
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(logs / f"{server.name}-metrics")
     with open(logs / f"{server.name}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -4,9 +4,12 @@
 
 Both are timed the same way: from just after the dataset files are read (excluded for both) to the
 end of training, including building the model, any preprocessing, the tutorial's per-batch
-DataLoader/ToTensor work, and the per-epoch evaluation on the 10,000 test images. Pairs run back to
-back, tutorial then default, so both see the same machine load; the figures are per-pair and
-medians. Exit status 1 when the acceptance (>= 90.0 %, <= 0.8 x the tutorial's time) is missed.
+DataLoader/ToTensor work, and the per-epoch evaluation (the tutorial, as written, on the 10,000
+test images; the default recipe on its 5,000 validation images). The default recipe trains on the
+55,000 images left after the fixed validation split; the tutorial on all 60,000. Both are then
+measured once on the test set. Pairs run back to back, tutorial then default, so both see the same
+machine load; the figures are per-pair and medians. Exit status 1 when the acceptance (>= 90.0 %,
+<= 0.8 x the tutorial's time) is missed.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
-from models import resolve_device
-from training.data import load_fashion_mnist
-from training.train import TrainConfig, fit, fit_tutorial, resolve_precision
+from models import pixels_to_input, resolve_device
+from training.data import load_fashion_mnist, split_validation
+from training.train import TrainConfig, evaluate, fit, fit_tutorial, resolve_precision
 
 MIN_ACCURACY = 0.900
 MAX_TIME_RATIO = 0.8
@@ -39,6 +42,7 @@ class Pair:
     tutorial_seconds: float
     default_accuracy: float
     default_seconds: float
+    default_validation_accuracy: float
     load_before: float  # 1-minute load average when the pair started: other work on the machine
 
     @property
@@ -60,11 +64,18 @@ def run_pair(data, device: torch.device, config: TrainConfig, index: int) -> Pai
     load = os.getloadavg()[0]
     tutorial = fit_tutorial(data.root, device, seed=config.seed)
     print(f"  pair {index}: tutorial {100 * tutorial.final.accuracy:.2f}% in {tutorial.seconds:.1f} s", flush=True)
+    split = split_validation(data)
     default = fit(
-        data.train_images, data.train_labels, data.test_images, data.test_labels, config, device, show_progress=False
+        split.train_images, split.train_labels, split.validation_images, split.validation_labels, config, device,
+        show_progress=False,
+    )  # fmt: skip
+    test = evaluate(default.model, pixels_to_input(data.test_images), data.test_labels)  # measured once
+    print(
+        f"  pair {index}: default  {100 * test.accuracy:.2f}% (validation {100 * default.final.accuracy:.2f}%) "
+        f"in {default.seconds:.1f} s",
+        flush=True,
     )
-    print(f"  pair {index}: default  {100 * default.final.accuracy:.2f}% in {default.seconds:.1f} s", flush=True)
-    return Pair(tutorial.final.accuracy, tutorial.seconds, default.final.accuracy, default.seconds, load)
+    return Pair(tutorial.final.accuracy, tutorial.seconds, test.accuracy, default.seconds, default.final.accuracy, load)
 
 
 def markdown(pairs: list[Pair], config: TrainConfig, device: torch.device, command: str) -> str:
@@ -73,6 +84,7 @@ def markdown(pairs: list[Pair], config: TrainConfig, device: torch.device, comma
         statistics.median(p.tutorial_seconds for p in pairs),
         statistics.median(p.default_accuracy for p in pairs),
         statistics.median(p.default_seconds for p in pairs),
+        statistics.median(p.default_validation_accuracy for p in pairs),
         statistics.median(p.load_before for p in pairs),
     )
     ratio = statistics.median(p.ratio for p in pairs)
@@ -89,17 +101,20 @@ def markdown(pairs: list[Pair], config: TrainConfig, device: torch.device, comma
         "Each pair runs the tutorial, then the default recipe, back to back. 'load before' is the 1-minute "
         "load average as the pair started: above the core count, other work was competing and times stretch.",
         "",
-        "| pair | load before | tutorial accuracy | tutorial time | default accuracy | default time | time ratio |",
+        "| pair | load before | tutorial accuracy | tutorial time | default accuracy (validation) | default time "
+        "| time ratio |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, p in enumerate(pairs, 1):
         lines.append(
             f"| {i} | {p.load_before:.1f} | {p.tutorial_accuracy:.2%} | {p.tutorial_seconds:.1f} s "
-            f"| {p.default_accuracy:.2%} | {p.default_seconds:.1f} s | {p.ratio:.2f} |"
+            f"| {p.default_accuracy:.2%} ({p.default_validation_accuracy:.2%}) | {p.default_seconds:.1f} s "
+            f"| {p.ratio:.2f} |"
         )
     lines.append(
         f"| **median** | {med.load_before:.1f} | **{med.tutorial_accuracy:.2%}** | **{med.tutorial_seconds:.1f} s** "
-        f"| **{med.default_accuracy:.2%}** | **{med.default_seconds:.1f} s** | **{ratio:.2f}** |"
+        f"| **{med.default_accuracy:.2%}** ({med.default_validation_accuracy:.2%}) | **{med.default_seconds:.1f} s** "
+        f"| **{ratio:.2f}** |"
     )
     passed = med.default_accuracy >= MIN_ACCURACY and ratio <= MAX_TIME_RATIO
     lines += [
@@ -107,7 +122,9 @@ def markdown(pairs: list[Pair], config: TrainConfig, device: torch.device, comma
         f"Acceptance (default >= {MIN_ACCURACY:.1%} and time <= {MAX_TIME_RATIO} x the tutorial's): "
         f"**{'met' if passed else 'NOT met'}**.",
         "",
-        "Tutorial: the PyTorch quickstart as written (DataLoader + ToTensor, batch 64, SGD lr 1e-3, 5 epochs).",
+        "Tutorial: the PyTorch quickstart as written (DataLoader + ToTensor, batch 64, SGD lr 1e-3, 5 epochs, "
+        "all 60,000 training images). Default: trained on the 55,000 left after the fixed 5,000-image validation "
+        "split; accuracy is on the 10,000 test images, measured once after training, validation in brackets.",
         f"Default: `{config}`.",
         "",
     ]

@@ -9,7 +9,6 @@ the log.
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
@@ -18,6 +17,7 @@ from models.artifact import Artifact, ArtifactError, load_artifact
 from models.mlp import IMAGE_SIDE, NUM_CLASSES
 from models.preprocess import pixels_to_input
 from models.store import ModelStore, StoreError, recorded_accuracy
+from models.trust import ReferenceMismatchError, Scorer, check_reference_outputs
 
 DEFAULT_MIN_ACCURACY = 0.90
 
@@ -69,21 +69,17 @@ def check_accuracy(artifact: Artifact, min_accuracy: float) -> float:
 
 
 def check_reproduces(artifact: Artifact) -> None:
-    """When the artifact stores reference inputs and outputs, the loaded model must reproduce them.
+    """When the artifact stores reference inputs and outputs, the loaded model must reproduce them here.
 
-    The reference outputs are the trust branch's (models/trust.py: ``Artifact.parts.reference`` and
-    ``check_reference_outputs``); this looks them up by name so it works before and after that lands.
-    An artifact without them passes this check (every artifact made before them has none).
+    An artifact without them passes (format 1 files and the quickstart's have none).
     """
-    parts = getattr(artifact, "parts", None)
-    reference = getattr(parts, "reference", None)
+    reference = artifact.parts.reference
     if reference is None:
         return
-    trust = importlib.import_module("models.trust")
-    scorer = trust.Scorer(artifact.model, getattr(parts, "calibration", None), getattr(parts, "ood", None))
+    scorer = Scorer(artifact.model, artifact.parts.calibration, artifact.parts.ood)
     try:
-        trust.check_reference_outputs(scorer, reference)
-    except trust.ReferenceMismatchError as exc:
+        check_reference_outputs(scorer, reference)
+    except ReferenceMismatchError as exc:
         raise Refused("it does not reproduce the outputs recorded at training time", str(exc)) from None
 
 

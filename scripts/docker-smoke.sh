@@ -73,9 +73,11 @@ for i in range(64):
 (out / "labels.json").write_text(json.dumps(list(labels[:64])))
 PY
 
-echo "== run (read-only root filesystem, no tmpfs) and wait for /readyz"
-# --read-only-tmpfs=false: like `docker run --read-only`, nothing at all is writable.
-name=$(ctr run -t "$image" -p "$port:8000" --wait /readyz -- --read-only --read-only-tmpfs=false) \
+echo "== run (read-only root filesystem, one tmpfs at /tmp) and wait for /readyz"
+# --read-only-tmpfs=false: like `docker run --read-only`, nothing is writable but the one tmpfs the image
+# names (Dockerfile): /tmp, for the workers' metrics files. Two workers, so /metrics must add them up.
+name=$(ctr run -t "$image" -p "$port:8000" --wait /readyz -- --read-only --read-only-tmpfs=false \
+         --tmpfs /tmp:rw,size=64m,mode=1777 -e WEB_CONCURRENCY=2) \
   || fail "the container did not become ready on $base/readyz"
 echo "ready: $name"
 
@@ -111,6 +113,27 @@ print(f"64 images: {right}/64 right")
 # The served model tests at >= 90%; a random or untrained one would get about 6 of 64.
 assert right >= 52, f"only {right}/64 right: this is not the trained model"
 PY
+
+echo "== /metrics adds up both workers; a header line over the limit is refused"
+for i in $(seq 10); do
+  count=$(curl -fsS "$base/metrics" | grep '^fashion_requests_total{method="POST",route="/predict",status="200"}' | cut -d' ' -f2)
+  [ "$count" = 2.0 ] || fail "scrape $i of /metrics counted ${count:-no} /predict requests, not 2.0"
+done
+echo "10 scrapes: 2 /predict requests each time"
+status=$(curl -s -o /dev/null -w '%{http_code}' -H "X-Big: $(head -c 9000 /dev/zero | tr '\0' a)" "$base/healthz")
+[ "$status" = 431 ] || fail "a 9,000-byte header line got $status, not 431"
+echo "9,000-byte header line: 431"
+
+echo "== memory with two workers (RSS and PSS from /proc/PID/smaps_rollup; the container's cgroup)"
+ctr podman exec "$name" sh -c 'for p in /proc/[0-9]*; do
+    [ "${p#/proc/}" = "$$" ] && continue
+    c=$(tr "\0" " " < "$p/cmdline" 2>/dev/null) || continue
+    case "$c" in *python*) awk -v pid="${p#/proc/}" -v cmd="$(echo "$c" | cut -c1-70)" \
+      "/^Rss:/{r=\$2} /^Pss:/{s=\$2} END{printf \"pid %s  RSS %.0f MB  PSS %.0f MB  %s\\n\", pid, r/1024, s/1024, cmd}" \
+      "$p/smaps_rollup";; esac
+  done' || fail "reading the workers' memory"
+ctr podman exec "$name" sh -c 'f=/sys/fs/cgroup/memory.current; [ -r "$f" ] || f=/sys/fs/cgroup/memory/memory.usage_in_bytes
+  awk "{printf \"container total: %.0f MB (%s)\\n\", \$1/1048576, \"$f\"}" "$f"' || echo "container total: no cgroup memory file"
 
 echo "== user and healthcheck"
 uid=$(ctr podman exec "$name" id -u) || fail "podman exec id -u"

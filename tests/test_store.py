@@ -49,12 +49,13 @@ def test_publish_names_the_file_by_its_whole_digest(store: ModelStore, tmp_path:
 
 def test_a_weaker_version_stays_a_candidate_unless_promoted(store: ModelStore, tmp_path: Path) -> None:
     first = publish(store, make_artifact(tmp_path, 1, accuracy=0.95))
-    weaker = publish(store, make_artifact(tmp_path, 2, accuracy=0.94), tolerance_points=0.3)
+    weaker_file = make_artifact(tmp_path, 2, accuracy=0.94)
+    weaker = publish(store, weaker_file, tolerance_points=0.3)
     assert not weaker.promoted and "1.00 points below" in weaker.reason
     assert store.read_state().serving == first.digest
     close = publish(store, make_artifact(tmp_path, 3, accuracy=0.948), tolerance_points=0.3)
     assert close.promoted and store.read_state().history == [first.digest]
-    forced = publish(store, make_artifact(tmp_path, 2, accuracy=0.94), promote=True)
+    forced = publish(store, weaker_file, promote=True)
     assert forced.promoted and store.read_state().serving == weaker.digest
 
 

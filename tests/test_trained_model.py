@@ -1,14 +1,13 @@
-"""A really trained model through the app: the trainer's own artifact, and the quickstart's ``model.pth`` beside it.
+"""A really trained model through the app: the trainer's artifact with its trust parts, and a quickstart ``model.pth``.
 
-The trainer runs as a real process on the real FashionMNIST data (two epochs: a few seconds); real test images
-go through /predict as PNG uploads and through /v2, and the answers must be what the model itself computes.
+The trainer's own functions train the MLP on real FashionMNIST images (a cut-down split, two epochs: seconds) and
+fit its calibration and "not a garment" detector; real test images then go through /predict as PNG uploads and
+through /v2, and the answers must be what the model itself computes.
 """
 
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,22 +17,30 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from models import CLASS_NAMES, load_artifact, pixels_to_input
+from models import CLASS_NAMES, Scorer, build_metadata, explain, load_artifact, save_artifact
 from tests.conftest import DEBIAN_DATA
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="no dataset-fashion-mnist")]
 IMAGES = 256
+PER_REQUEST = 8  # the settings fixture's limit
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not DEBIAN_DATA.is_dir():
-        pytest.skip("dataset-fashion-mnist is not installed")
-    out = tmp_path_factory.mktemp("trained") / "model.safetensors"
-    command = [sys.executable, "-m", "training", "--epochs", "2", "--out", str(out), "--no-report", "--seed", "1"]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    return out
+    """The trainer's functions end to end on a real split: fit, trust parts, the artifact."""
+    from training.data import Split, load_fashion_mnist, split_validation
+    from training.train import TrainConfig, fit
+    from training.trust import fit_trust_parts
+
+    full = split_validation(load_fashion_mnist(DEBIAN_DATA))
+    split = Split(full.train_images[:12000], full.train_labels[:12000], full.validation_images[:3000],
+                  full.validation_labels[:3000], full.description)  # fmt: skip
+    config = TrainConfig(epochs=2, batch_size=256, precision="fp32")
+    result = fit(split.train_images, split.train_labels, split.validation_images, split.validation_labels, config,
+                 torch.device("cpu"), show_progress=False)  # fmt: skip
+    parts = fit_trust_parts(result.model, split, quick=True).parts
+    path = tmp_path_factory.mktemp("trained") / "model.safetensors"
+    return save_artifact(path, result.model, build_metadata(result.model.state_dict(), parts=parts), parts)
 
 
 @pytest.fixture(scope="module")
@@ -58,14 +65,20 @@ def png(pixels: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def served_probabilities(client: TestClient, images: torch.Tensor) -> torch.Tensor:
-    rows = []
-    for start in range(0, len(images), 8):  # the settings' per-request limit
-        files = [("files", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(images[start : start + 8])]
-        response = client.post("/predict", files=files)
+def served(client: TestClient, images: torch.Tensor, query: str = "") -> list[dict]:
+    predictions = []
+    for start in range(0, len(images), PER_REQUEST):
+        files = [
+            ("files", (f"{i}.png", png(p), "image/png")) for i, p in enumerate(images[start : start + PER_REQUEST])
+        ]
+        response = client.post("/predict" + query, files=files)
         assert response.status_code == 200, response.text
-        rows += [[p["probabilities"][name] for name in CLASS_NAMES] for p in response.json()["predictions"]]
-    return torch.tensor(rows)
+        predictions += response.json()["predictions"]
+    return predictions
+
+
+def probabilities(predictions: list[dict]) -> torch.Tensor:
+    return torch.tensor([[p["probabilities"][name] for name in CLASS_NAMES] for p in predictions])
 
 
 @pytest.mark.parametrize("artifact", ["trained", "quickstart_pth"])
@@ -79,40 +92,117 @@ def test_trained_model_answers_as_it_computes_and_classifies_well(
     path: Path = request.getfixturevalue(artifact)
     client = make_client(settings.model_copy(update={"model_path": path}))
     images, labels = test_set
-    served = served_probabilities(client, images)
-    model = load_artifact(path).model
+    predictions = served(client, images)
+    loaded = load_artifact(path)
+    expected = Scorer(loaded.model, loaded.parts.calibration, loaded.parts.ood).score(images)
+    assert torch.allclose(probabilities(predictions), expected.probabilities, atol=1e-5)
+    assert (probabilities(predictions).argmax(dim=1) == labels).float().mean().item() > 0.75  # chance: 0.10
+    info = client.get("/model").json()
+    assert info["version"] == loaded.metadata.weights_sha256[:12]
+    assert (info["calibrated"], info["ood_detector"]) == ((True, True) if artifact == "trained" else (False, False))
+    if artifact == "trained":
+        assert [p["ood_score"] for p in predictions] == pytest.approx(expected.ood_score.tolist(), abs=1e-5)
+        assert sum(p["in_distribution"] for p in predictions) >= 0.85 * IMAGES  # the threshold passes ~95%
+    else:
+        assert {(p["ood_score"], p["in_distribution"]) for p in predictions} == {(None, None)}
+
+
+def test_calibration_keeps_every_class_and_changes_the_probabilities(
+    trained: Path, quickstart_pth: Path, make_client: Callable[..., TestClient], settings: Settings,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+) -> None:  # fmt: skip
+    """The .pth holds the same weights without the temperature: same argmax, other probabilities."""
+    answers = [
+        served(make_client(settings.model_copy(update={"model_path": path})), test_set[0][:64])
+        for path in (trained, quickstart_pth)
+    ]
+    assert [p["class_index"] for p in answers[0]] == [p["class_index"] for p in answers[1]]
+    assert not torch.allclose(probabilities(answers[0]), probabilities(answers[1]), atol=1e-3)
+
+
+def test_not_a_garment_is_flagged(trained: Path, make_client: Callable[..., TestClient], settings: Settings) -> None:
+    client = make_client(settings.model_copy(update={"model_path": trained}))
+    generator = torch.Generator().manual_seed(3)
+    odd = torch.stack([
+        torch.full((28, 28), 128, dtype=torch.uint8),  # a flat grey field
+        torch.randint(0, 256, (28, 28), dtype=torch.uint8, generator=generator),  # noise
+        torch.zeros(28, 28, dtype=torch.uint8),  # black
+    ])  # fmt: skip
+    assert [p["in_distribution"] for p in served(client, odd)] == [False, False, False]
+
+
+def test_explanations_sum_to_the_logit_change_and_are_deterministic(
+    trained: Path, make_client: Callable[..., TestClient], settings: Settings,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+) -> None:  # fmt: skip
+    client = make_client(settings.model_copy(update={"model_path": trained}))
+    images = test_set[0][:PER_REQUEST]
+    first, again = served(client, images, "?explain=true"), served(client, images, "?explain=true")
+    assert [p["explanation"] for p in first] == [p["explanation"] for p in again]
+    model = load_artifact(trained).model
     with torch.inference_mode():
-        expected = torch.softmax(model(pixels_to_input(images)), dim=1)
-    assert torch.allclose(served, expected, atol=1e-5)
-    accuracy = (served.argmax(dim=1) == labels).float().mean().item()
-    assert accuracy > 0.80  # two epochs of the default recipe; chance is 0.10
-    model_info = client.get("/model").json()
-    assert model_info["version"] == load_artifact(path).metadata.weights_sha256[:12]
-
-
-def test_the_pth_and_the_artifact_are_one_model_to_the_server(
-    trained: Path, quickstart_pth: Path, make_client: Callable[..., TestClient], settings: Settings
-) -> None:
-    answers = []
-    for path in (trained, quickstart_pth):
-        client = make_client(settings.model_copy(update={"model_path": path}))
-        response = client.post("/predict", files={"file": ("x.png", png(torch.full((28, 28), 90, dtype=torch.uint8)), "image/png")})
-        body = response.json()
-        answers.append((body["model_version"], body["probabilities"]))
-    assert answers[0] == answers[1]
+        logits = model(images.float().div(255))
+        black = model(torch.zeros(1, 28, 28))
+    for prediction, row in zip(first, logits, strict=True):
+        explanation = prediction["explanation"]
+        assert explanation["class_index"] == prediction["class_index"]
+        change = float(row[prediction["class_index"]] - black[0, prediction["class_index"]])
+        total = float(torch.tensor(explanation["attributions"]).sum())
+        assert abs(change) > 0.5  # a real change to explain, not a rounding error
+        assert total == pytest.approx(change, rel=0.01)
+        assert explanation["logit_change"] == pytest.approx(change, rel=1e-4)
+        assert explanation["heatmap"].startswith("data:image/png;base64,")
+    direct = explain(model, images)
+    assert torch.allclose(torch.tensor([p["explanation"]["attributions"] for p in first]), direct.attributions)
+    assert all(p["explanation"] is None for p in served(client, images))  # off by default
 
 
 def test_trained_model_over_the_inference_protocol_equals_predict(
-    trained: Path,
-    make_client: Callable[..., TestClient],
-    settings: Settings,
+    trained: Path, make_client: Callable[..., TestClient], settings: Settings,
     test_set: tuple[torch.Tensor, torch.Tensor],
-) -> None:
+) -> None:  # fmt: skip
     client = make_client(settings.model_copy(update={"model_path": trained}))
-    images = test_set[0][:8]
+    images = test_set[0][:PER_REQUEST]
     pixels = (images.float() / 255).flatten().tolist()
-    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [8, 784], "data": pixels}]}
+    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [PER_REQUEST, 784], "data": pixels}]}
     response = client.post("/v2/models/fashion-mnist/infer", json=body)
     assert response.status_code == 200, response.text
-    probabilities = torch.tensor(response.json()["outputs"][0]["data"]).view(8, 10)
-    assert torch.allclose(probabilities, served_probabilities(client, images), atol=1e-6)
+    outputs = {output["name"]: output["data"] for output in response.json()["outputs"]}
+    assert sorted(outputs) == ["class_index", "in_distribution", "ood_score", "probabilities"]
+    rest = served(client, images)
+    assert torch.allclose(torch.tensor(outputs["probabilities"]).view(-1, 10), probabilities(rest), atol=1e-6)
+    assert outputs["ood_score"] == pytest.approx([p["ood_score"] for p in rest], abs=1e-5)
+    assert outputs["in_distribution"] == [p["in_distribution"] for p in rest]
+
+
+def test_drift_gauges_see_a_stream_of_blank_and_inverted_images(
+    trained: Path, make_client: Callable[..., TestClient], settings: Settings,
+    test_set: tuple[torch.Tensor, torch.Tensor],
+) -> None:  # fmt: skip
+    """Real garments, then the same garments on a white background, then blank images: each shift shows."""
+    client = make_client(settings.model_copy(update={"model_path": trained}))
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        value = client.app.state.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+        return 0.0 if value is None else float(value)
+
+    def intensity_mean() -> float:
+        return sample("fashion_input_intensity_sum") / sample("fashion_input_intensity_count")
+
+    garments = test_set[0][:64]
+    served(client, garments)
+    training_mean = sample("fashion_training_input_intensity")
+    assert 0.2 < training_mean < 0.4  # FashionMNIST's mean pixel
+    assert intensity_mean() == pytest.approx(training_mean, abs=0.08)
+    assert sample("fashion_inverted_total") == 0
+    assert sum(sample("fashion_predicted_class_total", {"class_name": name}) for name in CLASS_NAMES) == 64
+    flagged_before = sample("fashion_out_of_distribution_total")
+
+    served(client, 255 - garments)  # dark garments on white: auto-invert undoes it, and says so
+    assert sample("fashion_inverted_total") == 64
+    assert intensity_mean() == pytest.approx(training_mean, abs=0.08)
+
+    served(client, torch.zeros(32, 28, 28, dtype=torch.uint8))  # a camera left on a black table
+    assert sample("fashion_out_of_distribution_total") - flagged_before >= 32
+    assert intensity_mean() < training_mean - 0.05  # the traffic's mean drifts below the training mean
+    assert sample("fashion_prediction_confidence_count") == 64 + 64 + 32

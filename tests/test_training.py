@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import CLASS_NAMES, NeuralNetwork, load_artifact, pixels_to_input
+from models import CLASS_NAMES, NeuralNetwork, has_light_background, load_artifact, pixels_to_input
 from tests.conftest import DEBIAN_DATA
 from training.__main__ import main
-from training.data import load_fashion_mnist
+from training.data import FashionData, load_fashion_mnist, split_validation
+from training.measure import auroc, expected_calibration_error
+from training.ood_sets import KINDS, make_ood_set
 from training.report import per_class_table
 from training.train import Standardizer, TrainConfig, augment, fit
+from training.trust import fit_temperature
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ALL_TRICKS = TrainConfig(
@@ -230,6 +233,11 @@ def test_dry_run_writes_verified_artifact_and_report(
     artifact = load_artifact(out)  # verifies checksum and architecture
     metadata = artifact.metadata
     assert metadata.training_config["recipe"] == recipe
+    # Only the default recipe holds images out: the tutorial, as written, trains on all 60,000.
+    trusted = recipe == "default"
+    assert artifact.calibrated is trusted and artifact.has_ood_detector is trusted
+    assert (metadata.validation_accuracy is not None) is trusted
+    assert metadata.features == (["calibration", "ood", "reference_outputs"] if trusted else [])
     assert set(metadata.per_class_accuracy) == set(CLASS_NAMES)
     # The recorded figure is the saved model's own accuracy on the real test set.
     data = load_fashion_mnist(DEBIAN_DATA)
@@ -242,10 +250,64 @@ def test_dry_run_writes_verified_artifact_and_report(
         "t10k-labels-idx1-ubyte.gz",
     }
     json.dumps(metadata.to_dict())  # the metadata is plain JSON
-    for suffix in (".confusion.png", ".curves.png"):
+    for suffix in (".confusion.png", ".curves.png", *((".reliability.png",) if trusted else ())):
         assert (tmp_path / f"model{suffix}").read_bytes().startswith(PNG_MAGIC)
+    if trusted:
+        trust = (tmp_path / "model.trust.md").read_text()
+        assert "| ECE (15 equal-width top-label bins) |" in trust
+        assert all(f"| {kind} | held_aside |" in trust for kind in KINDS)
     umask = os.umask(0)
     os.umask(umask)
     for written in tmp_path.iterdir():  # readable like any file the user writes, not mkstemp's 0o600
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
     assert "overall" in capsys.readouterr().out
+
+
+# --- the validation split and the trust measures ---------------------------------------------------
+
+
+def test_validation_split_is_fixed_disjoint_and_complete() -> None:
+    images = torch.arange(1000, dtype=torch.int64).view(-1, 1, 1).expand(-1, 28, 28).to(torch.uint8)
+    labels = torch.arange(1000) % 10
+    data = FashionData(images, labels, images[:1], labels[:1], Path("."), {})
+    first, again = split_validation(data, 100), split_validation(data, 100)
+    assert torch.equal(first.validation_labels, again.validation_labels)
+    assert first.description == again.description and first.description["size"] == 100
+    assert len(first.train_labels) == 900 and len(first.validation_labels) == 100
+    assert split_validation(data, 100, seed=1).description["indices_sha256"] != first.description["indices_sha256"]
+    with pytest.raises(ValueError, match="between 1 and 999"):
+        split_validation(data, 1000)
+
+
+def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 10, generator=generator) * 3
+    labels = torch.multinomial(torch.softmax(logits / 1.7, 1), 1, generator=generator)[:, 0]
+    assert fit_temperature(logits, labels) == pytest.approx(1.7, rel=0.03)
+
+
+def test_expected_calibration_error_of_known_bins() -> None:
+    # Two images at confidence 0.95 (one right) and two at 0.55 (both right): |0.5-0.95| and |1-0.55|, halved.
+    probabilities = torch.tensor([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    labels = torch.tensor([0, 1, 0, 0])
+    assert expected_calibration_error(probabilities, labels) == pytest.approx((0.45 + 0.45) / 2)
+
+
+def test_auroc_matches_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    generator = torch.Generator().manual_seed(1)
+    garments = torch.randint(0, 20, (300,), generator=generator).float()
+    others = torch.randint(5, 30, (200,), generator=generator).float()
+    expected = roc_auc_score([0] * 300 + [1] * 200, torch.cat([garments, others]).numpy())
+    assert auroc(garments, others) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ood_sets_are_fixed_differ_between_splits_and_arrive_as_served(kind: str) -> None:
+    evaluation = make_ood_set(kind, "evaluation", 40)
+    assert evaluation.dtype == torch.uint8 and evaluation.shape == (40, 28, 28)
+    assert torch.equal(evaluation, make_ood_set(kind, "evaluation", 40))
+    assert not torch.equal(evaluation, make_ood_set(kind, "held_aside", 40))
+    # The server inverts light backgrounds, so nothing it sees has one.
+    assert not any(has_light_background(image.numpy().tobytes(), 28) for image in evaluation)

@@ -159,3 +159,40 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+VALIDATION_SIZE = 5_000
+VALIDATION_SEED = 0  # fixed apart from the training seed: every version is compared on the same images
+
+
+@dataclass(frozen=True)
+class Split:
+    """The training images cut in two: what the model learns from, and the validation set that makes
+    every training-time choice (recipe, temperature, thresholds), so the test set is only ever measured."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    validation_images: torch.Tensor
+    validation_labels: torch.Tensor
+    description: dict[str, int | str]  # size, seed and sha256 of the validation indices, for the artifact
+
+
+def split_validation(data: FashionData, size: int = VALIDATION_SIZE, seed: int = VALIDATION_SEED) -> Split:
+    """A validation set of ``size`` images drawn by ``seed`` from the training images; the rest train."""
+    total = len(data.train_labels)
+    if not 0 < size < total:
+        raise ValueError(f"the validation size must be between 1 and {total - 1}, got {size}")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:size].sort().values, order[size:].sort().values
+    return Split(
+        train_images=data.train_images[kept],
+        train_labels=data.train_labels[kept],
+        validation_images=data.train_images[held],
+        validation_labels=data.train_labels[held],
+        description={
+            "size": size,
+            "seed": seed,
+            "of": total,
+            "indices_sha256": hashlib.sha256(held.to(torch.int64).numpy().tobytes()).hexdigest(),
+        },
+    )

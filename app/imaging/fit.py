@@ -9,7 +9,7 @@ from enum import StrEnum
 import torch
 from PIL import Image
 
-from models import IMAGE_SIDE
+from models import IMAGE_SIDE, has_light_background  # the rule training's evaluation sets apply too
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 INVERTED = bytes(range(255, -1, -1))  # bytes.translate table: v -> 255 - v
@@ -75,12 +75,6 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     if image.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("RGB")
     return image.convert("L")
-
-
-def has_light_background(pixels: bytes, width: int) -> bool:
-    """FashionMNIST is light-on-dark; a photo on a white table is the opposite. Judge by the border."""
-    border = (pixels[:width], pixels[-width:], pixels[::width], pixels[width - 1 :: width])
-    return sum(map(sum, border)) > 127 * sum(map(len, border))
 
 
 def pad_to_square(pixels: bytes, width: int, height: int) -> torch.Tensor:

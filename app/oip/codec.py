@@ -28,7 +28,8 @@ from models import IMAGE_SIDE, NUM_CLASSES
 MODEL_NAME = "fashion-mnist"
 PIXELS_INPUT, IMAGE_INPUT = "pixels", "image"
 PROBABILITIES_OUTPUT, CLASS_OUTPUT = "probabilities", "class_index"
-OUTPUT_NAMES = (PROBABILITIES_OUTPUT, CLASS_OUTPUT)
+OOD_OUTPUT, IN_DISTRIBUTION_OUTPUT = "ood_score", "in_distribution"  # from a model with a detector
+OUTPUT_NAMES = (PROBABILITIES_OUTPUT, CLASS_OUTPUT, OOD_OUTPUT, IN_DISTRIBUTION_OUTPUT)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PIXELS_PER_IMAGE = IMAGE_SIDE * IMAGE_SIDE
 
@@ -213,15 +214,13 @@ def _base64_items(tensor: RequestInput) -> list[bytes]:
 
 def encode_result(call: InferCall, result: Classified) -> tuple[bytes, dict[str, str], str]:
     """The response body, its extra headers and media type: JSON outputs, or a JSON header then raw tensor bytes."""
-    probabilities = result.output.probabilities
-    count = len(probabilities)
-    tensors: dict[str, tuple[str, list[int], list[Any], str]] = {  # datatype, shape, values, array typecode
-        PROBABILITIES_OUTPUT: ("FP32", [count, NUM_CLASSES], probabilities.flatten().tolist(), "f"),
-        CLASS_OUTPUT: ("INT64", [count], probabilities.argmax(dim=1).tolist(), "q"),
-    }
+    tensors = _output_tensors(result)
     binary_default = bool(call.request.parameters.get("binary_data_output", False))
     asked = {o.name: bool(o.parameters.get("binary_data", binary_default)) for o in call.request.outputs or []}
-    names = [o.name for o in call.request.outputs] if call.request.outputs is not None else list(OUTPUT_NAMES)
+    names = [o.name for o in call.request.outputs] if call.request.outputs is not None else list(tensors)
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise InvalidRequest(f"this model has no out-of-distribution detector, so no output {', '.join(missing)}")
     described, chunks = [], []
     for name in names:
         datatype, shape, values, typecode = tensors[name]
@@ -242,7 +241,21 @@ def encode_result(call: InferCall, result: Classified) -> tuple[bytes, dict[str,
     return header + b"".join(chunks), {HEADER_LENGTH: str(len(header))}, "application/octet-stream"
 
 
-def describe_model(version: str, class_names: list[str]) -> dict[str, Any]:
+def _output_tensors(result: Classified) -> dict[str, tuple[str, list[int], list[Any], str]]:
+    """Each output: datatype, shape, values, and the array module's typecode for the binary form."""
+    output = result.output
+    count = len(output)
+    tensors = {
+        PROBABILITIES_OUTPUT: ("FP32", [count, NUM_CLASSES], output.probabilities.flatten().tolist(), "f"),
+        CLASS_OUTPUT: ("INT64", [count], output.probabilities.argmax(dim=1).tolist(), "q"),
+    }
+    if output.ood_score is not None and output.in_distribution is not None:
+        tensors[OOD_OUTPUT] = ("FP32", [count], output.ood_score.tolist(), "f")
+        tensors[IN_DISTRIBUTION_OUTPUT] = ("BOOL", [count], output.in_distribution.tolist(), "B")  # a byte each
+    return tensors
+
+
+def describe_model(version: str, class_names: list[str], has_ood_detector: bool) -> dict[str, Any]:
     return {
         "name": MODEL_NAME,
         "versions": [version],
@@ -254,6 +267,14 @@ def describe_model(version: str, class_names: list[str]) -> dict[str, Any]:
         "outputs": [
             {"name": PROBABILITIES_OUTPUT, "datatype": "FP32", "shape": [-1, NUM_CLASSES]},
             {"name": CLASS_OUTPUT, "datatype": "INT64", "shape": [-1]},
+            *(
+                [
+                    {"name": OOD_OUTPUT, "datatype": "FP32", "shape": [-1]},
+                    {"name": IN_DISTRIBUTION_OUTPUT, "datatype": "BOOL", "shape": [-1]},
+                ]
+                if has_ood_detector
+                else []
+            ),
         ],
         "parameters": {
             "class_names": class_names,

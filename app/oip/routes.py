@@ -85,14 +85,18 @@ async def server_ready(request: Request) -> dict[str, bool]:
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     """The model's name, version (the weights' hash), inputs and outputs."""
     service = _service(request, name, None)
-    return codec.describe_model(service.predictor.version, service.predictor.class_names)
+    return codec.describe_model(
+        service.predictor.version, service.predictor.class_names, service.predictor.has_ood_detector
+    )
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=KEYED, responses=METADATA_ERRORS)
 async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     """The same, for one version: the only one this server has."""
     service = _service(request, name, version)
-    return codec.describe_model(service.predictor.version, service.predictor.class_names)
+    return codec.describe_model(
+        service.predictor.version, service.predictor.class_names, service.predictor.has_ood_detector
+    )
 
 
 @router.get("/models/{name}/ready", responses=READY_ERRORS)

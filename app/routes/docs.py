@@ -13,7 +13,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from swagger_ui_bundle import swagger_ui_path
+from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # no py.typed; a pathlib.Path
 
 from app.routes.ui import CONTENT_SECURITY_POLICY
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.schemas import Health, Readiness, error_responses
 from app.service import require_service
@@ -30,7 +30,4 @@ async def readyz(request: Request) -> Readiness:
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    state = request.app.state
-    if state.service is not None and state.service.batcher is not None:
-        state.metrics.queue_depth.set(state.service.batcher.queued_images)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -36,6 +36,11 @@ QUERY_PARAMETERS = [
         "include the 28x28 input the model saw, as a PNG data URL",
         {"type": "boolean", "default": False, "title": "Return Input"},
     ),
+    _query(
+        "explain",
+        "include, per image, a DeepLIFT map of which pixels made the predicted class (28x28 and a PNG)",
+        {"type": "boolean", "default": False, "title": "Explain"},
+    ),
 ]
 UPLOAD_BODY: dict[str, Any] = {
     "required": True,
