@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models import NeuralNetwork, build_metadata, save_artifact
+from models import NeuralNetwork, ReferenceOutputs, Scorer, TrustParts, build_metadata, save_artifact
 from models.publishing import publish
 from models.store import MAX_ARTIFACT_BYTES, ModelStore, StaleState, StoreError, VersionNotFound, file_digest
 from models.validation import Refused, validate_version
@@ -193,3 +193,21 @@ def test_the_state_file_is_only_ever_replaced_whole(store: ModelStore, tmp_path:
     publish(store, make_artifact(tmp_path, 1))
     names = {entry.name for entry in os.scandir(store.root)}
     assert names == {"state.json", ".state.lock", f"{store.read_state().serving}.safetensors"}
+
+
+def test_a_version_that_does_not_reproduce_its_reference_outputs_is_refused(store: ModelStore, tmp_path: Path) -> None:
+    """Outputs recorded from one model, weights of another: the file is whole and well formed, and still refused;
+    the same reference with the right weights passes."""
+    torch.manual_seed(1)
+    recorded, other = NeuralNetwork().eval(), NeuralNetwork().eval()
+    pixels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    parts = TrustParts(reference=ReferenceOutputs.record(Scorer(recorded), pixels))
+    paths = []
+    for name, model in (("right", recorded), ("wrong", other)):
+        path = tmp_path / f"{name}.safetensors"
+        save_artifact(path, model, build_metadata(model.state_dict(), parts=parts, validation_accuracy=0.95), parts)
+        paths.append(path)
+    right, wrong = (store.publish(path) for path in paths)
+    assert validate_version(store, right).parts.reference is not None
+    with pytest.raises(Refused, match="does not reproduce the outputs recorded at training time"):
+        validate_version(store, wrong)
