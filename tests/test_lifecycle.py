@@ -315,3 +315,16 @@ def test_the_store_wins_over_the_model_path(
     client = make_client(store_settings(versions.store, model_path=artifact_path))
     assert predicted_version(client) == versions.good[:12]
     assert "FASHION_MODEL_STORE is set, so FASHION_MODEL_PATH" in capfd.readouterr().err
+
+
+def test_the_open_inference_protocol_names_the_version_too(
+    make_client: Callable[..., TestClient], versions: Versions
+) -> None:
+    client = make_client(store_settings(versions.store, admin_key=SecretStr(ADMIN)))
+    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}]}
+    for digest in (versions.good, versions.other):
+        if digest != versions.good:
+            assert client.post(f"/models/{digest[:12]}/activate", headers=admin()).status_code == 200
+        response = client.post("/v2/models/fashion-mnist/infer", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Model-Version"] == response.json()["model_version"] == digest[:12]
