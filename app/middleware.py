@@ -163,8 +163,8 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            self.metrics.labelled(self.metrics.requests, route, scope["method"], str(status)).inc()
+            self.metrics.labelled(self.metrics.latency, route).observe(elapsed)
             state = scope.get("state", {})
             access_log.info(
                 "request",

@@ -60,7 +60,7 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
 
 def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
     """invert, top_k, return_input and explain from the query string (the last of a repeated one); others ignored."""
-    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
     invert = query.get("invert", InvertMode.AUTO.value)
     if invert not in InvertMode.__members__.values():
         raise InvalidParameter(f"query.invert: must be one of auto, true, false, not {invert!r:.40}")
@@ -97,8 +97,8 @@ def encode(result: Classified, uploads: list[Upload], options: PredictOptions, *
     ]
     tail = {"model_version": result.model_version, "inference_ms": round(result.model_seconds * 1000, 3)}
     if batch:
-        return orjson.dumps({"predictions": predictions, **tail})
-    return orjson.dumps({**predictions[0], **tail})
+        return orjson.dumps({"predictions": predictions, **tail}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps({**predictions[0], **tail}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _prediction(
@@ -138,7 +138,7 @@ def _scores(result: Classified) -> list[dict[str, Any]]:
 def _explanations(result: Classified) -> list[dict[str, Any]]:
     explanation = result.explanation
     assert explanation is not None
-    maps: list[list[list[float]]] = explanation.attributions.tolist()
+    maps = explanation.attributions.numpy()  # float32 arrays: orjson writes them straight, each value short
     return [
         {
             "class_index": int(explanation.target[i]),

@@ -9,10 +9,13 @@ count. This class adds, at the costs measured in bench/RESULTS.md:
 * a headers deadline from a request's first byte to the end of its headers (then 408 and closed), armed only
   when a read ends inside the headers, so a request whose headers come in one read pays no timer;
 * limits on one header line, all headers together and their count (then 431 and closed). Bytes are counted
-  as they arrive while headers are incomplete, so memory never grows with what a client sends.
+  as they arrive while headers are incomplete, so memory never grows with what a client sends;
+* a deadline for the rest of a body the app answered early (a 401, a 404): the body timeout, from the
+  answer, then closed. uvicorn would read it at the client's pace for as long as the client likes.
 
 It overrides uvicorn internals (``connection_made``, ``data_received``, ``on_message_begin``,
-``on_headers_complete``, ``send_400_response``, ``timeout_keep_alive_task``, ``cycle``); pyproject.toml pins the
+``on_headers_complete``, ``on_message_complete``, ``on_response_complete``, ``send_400_response``,
+``timeout_keep_alive_task``, ``cycle``); pyproject.toml pins the
 uvicorn and httptools minor versions it was written against and tests/test_connections.py drives every path
 through real sockets.
 """
@@ -35,6 +38,7 @@ from app.http_errors import rest_error
 class ConnectionLimits:
     idle_timeout_s: float
     header_timeout_s: float
+    body_timeout_s: float
     max_header_line_bytes: int
     max_header_bytes: int
     max_headers: int
@@ -44,6 +48,7 @@ class ConnectionLimits:
         return cls(
             settings.idle_timeout_s,
             settings.header_timeout_s,
+            settings.body_timeout_s,
             settings.max_header_line_bytes,
             settings.max_header_bytes,
             settings.max_headers,
@@ -82,6 +87,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._requests_begun = 0
         self._header_bytes = 0  # bytes of reads that began and ended inside the current request's headers
         self._headers_deadline: asyncio.TimerHandle | None = None
+        self._unread_body_deadline: asyncio.TimerHandle | None = None
         self._refusal: str | None = None
 
     # uvicorn annotates the parameter as its own transport type; asyncio calls it with a plain transport.
@@ -92,6 +98,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_headers_deadline()
+        self._cancel_unread_body_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -125,6 +132,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadersRefused(self._refusal)
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._cancel_unread_body_deadline()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle  # the request just answered, unless a later pipelined one is already parsed
+        if cycle.response_complete and cycle.more_body and not self.transport.is_closing():
+            self._unread_body_deadline = self.loop.call_later(self.limits.body_timeout_s, self.transport.close)
+
     def send_400_response(self, msg: str) -> None:
         if self._refusal is None:
             super().send_400_response(msg)
@@ -141,6 +158,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._headers_deadline is not None:
             self._headers_deadline.cancel()
             self._headers_deadline = None
+
+    def _cancel_unread_body_deadline(self) -> None:
+        if self._unread_body_deadline is not None:
+            self._unread_body_deadline.cancel()
+            self._unread_body_deadline = None
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer and close; if an earlier (pipelined) request's answer is still being written, only close."""

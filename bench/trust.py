@@ -134,6 +134,25 @@ def _png(fig: object) -> bytes:
     return buffer.getvalue()
 
 
+def sample_lines(scorer: Scorer) -> list[str]:
+    """The web page's ten sample images, as the server sees them (grayscale, auto-invert), scored."""
+    import numpy as np
+    from PIL import Image
+
+    from models import has_light_background
+
+    lines = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "app/static/samples").glob("*.png")):
+        gray = np.asarray(Image.open(path).convert("L").resize((28, 28)), dtype=np.uint8)
+        if has_light_background(gray.tobytes(), 28):
+            gray = 255 - gray
+        scores = scorer.score(torch.from_numpy(gray.copy())[None])
+        assert scores.ood_score is not None and scores.in_distribution is not None
+        verdict = "passes" if bool(scores.in_distribution[0]) else "FLAGGED"
+        lines.append(f"- `{path.name}`: ood_score {float(scores.ood_score[0]):.3f}, {verdict}")
+    return lines
+
+
 def per_batch_ms(run: Callable[[], object], repeats: int = 30) -> float:
     run()
     samples = []
@@ -221,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Cells: AUROC against the test garments / share flagged; {SET_SIZE} images per kind and set.",
         "",
         *candidate_table(candidates(scorer, train, split.train_labels), validation, test, sets),
+        "",
+        "## The web page's sample images",
+        "",
+        *sample_lines(scorer),
         "",
         f"## Cost per batch, {args.threads} thread(s) (median of 30)",
         "",

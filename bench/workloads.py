@@ -3,6 +3,8 @@
 * ``small``: the 28x28 test images as PNG, as a FashionMNIST client would send them.
 * ``photos``: the same garments as ~300x300 "photos": upscaled, tinted, on a textured light background
   (paper or a table top: noise and a lighting gradient), half JPEG and half PNG.
+* ``mixed``: the same kind of photos at the sizes clients really send (300x300, 512x512, 640x480 and
+  480x640), half JPEG (quality 85, 90 or 95) and half PNG; the larger ones are decoded off the event loop.
 
 Each image becomes a complete multipart/form-data body (field ``file``) in its own file, which the wrk
 Lua script loads once and cycles through.
@@ -22,6 +24,9 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 BOUNDARY = "fashionbenchboundary7d1f3a"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 PHOTO_SIDE = 300
+MIXED_SIZES = ((300, 300), (512, 512), (640, 480), (480, 640))  # (width, height): phone shots, scans, thumbnails
+MIXED_QUALITIES = (85, 90, 95)
+NAMES = ("small", "photos", "mixed")
 
 
 @dataclass(frozen=True)
@@ -42,26 +47,31 @@ def test_images(count: int, data_dir: Path = FASHION_DIR) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, 28, 28)
 
 
-def photo(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """A garment photographed on a light, textured surface: what a phone camera would send."""
-    side = PHOTO_SIDE
-    garment = Image.fromarray(pixels).resize((side - 40, side - 40), Image.Resampling.BICUBIC)
-    mask = np.zeros((side, side), np.float32)
-    mask[20:-20, 20:-20] = np.asarray(garment, np.float32) / 255
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    light = 225 + 20 * (xx * 0.6 + yy * 0.4)  # a lighting gradient across the table
-    noise = Image.fromarray((128 + rng.normal(0, 10, (side, side))).clip(0, 255).astype(np.uint8))
+def photo(
+    pixels: np.ndarray, rng: np.random.Generator, size: tuple[int, int] = (PHOTO_SIDE, PHOTO_SIDE)
+) -> Image.Image:
+    """A garment photographed on a light, textured surface, ``size`` (width, height): what a phone camera would send."""
+    width, height = size
+    margin = min(size) // 15
+    garment_side = min(size) - 2 * margin
+    garment = Image.fromarray(pixels).resize((garment_side, garment_side), Image.Resampling.BICUBIC)
+    top, left = (height - garment_side) // 2, (width - garment_side) // 2
+    mask = np.zeros((height, width), np.float32)
+    mask[top : top + garment_side, left : left + garment_side] = np.asarray(garment, np.float32) / 255
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 225 + 20 * (xx / width * 0.6 + yy / height * 0.4)  # a lighting gradient across the table
+    noise = Image.fromarray((128 + rng.normal(0, 10, (height, width))).clip(0, 255).astype(np.uint8))
     grain = np.asarray(noise.filter(ImageFilter.GaussianBlur(1.0)), np.float32) - 128  # paper / wood grain
     background = np.stack([light + grain, light + grain - 4, light + grain - 10], axis=-1)
     tint = rng.uniform(30, 170, size=3).astype(np.float32)
-    cloth = tint + rng.normal(0, 6, (side, side, 1)).astype(np.float32)  # weave texture
+    cloth = tint + rng.normal(0, 6, (height, width, 1)).astype(np.float32)  # weave texture
     rgb = background * (1 - mask[..., None]) + cloth * mask[..., None]
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), "RGB")
 
 
-def encode(image: Image.Image, fmt: str) -> bytes:
+def encode(image: Image.Image, fmt: str, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    image.save(buffer, format=fmt, **({"quality": quality} if fmt == "JPEG" else {}))
     return buffer.getvalue()
 
 
@@ -98,4 +108,23 @@ def build(out: Path, count: int = 32, seed: int = 0) -> dict[str, Workload]:
     return {
         "small": _write("small", "28x28 grayscale PNG", small, out),
         "photos": _write("photos", f"{PHOTO_SIDE}x{PHOTO_SIDE} RGB photos, half JPEG (q90), half PNG", photos, out),
+        "mixed": _write("mixed", mixed_description(), mixed(images, np.random.default_rng(seed + 1)), out),
     }
+
+
+def mixed(images: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str, bytes]]:
+    """Each size in turn, each size both as JPEG (a quality in turn) and as PNG: the sizes clients really send."""
+    files = []
+    for i, pixels in enumerate(images):
+        image = photo(pixels, rng, MIXED_SIZES[i % len(MIXED_SIZES)])
+        if (i // len(MIXED_SIZES)) % 2 == 0:
+            files.append((f"{i}.jpg", "image/jpeg", encode(image, "JPEG", MIXED_QUALITIES[i % len(MIXED_QUALITIES)])))
+        else:
+            files.append((f"{i}.png", "image/png", encode(image, "PNG")))
+    return files
+
+
+def mixed_description() -> str:
+    sizes = ", ".join(f"{w}x{h}" for w, h in MIXED_SIZES)
+    qualities = "/".join(map(str, MIXED_QUALITIES))
+    return f"RGB photos at {sizes} in turn, half JPEG (q{qualities}), half PNG"

@@ -165,3 +165,24 @@ def fashion_test_images() -> tuple[torch.Tensor, torch.Tensor]:
 
     data = load_fashion_mnist(DEBIAN_DATA)
     return data.test_images[:16], data.test_labels[:16]
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A really trained model: the trainer's functions on a cut-down real split (two epochs: seconds), with the
+    calibration and "not a garment" detector fitted as training does, saved as the trainer saves it."""
+    if not DEBIAN_DATA.is_dir():
+        pytest.skip("dataset-fashion-mnist is not installed")
+    from training.data import Split, load_fashion_mnist, split_validation
+    from training.train import TrainConfig, fit
+    from training.trust import fit_trust_parts
+
+    full = split_validation(load_fashion_mnist(DEBIAN_DATA))
+    split = Split(full.train_images[:12000], full.train_labels[:12000], full.validation_images[:3000],
+                  full.validation_labels[:3000], full.description)  # fmt: skip
+    config = TrainConfig(epochs=2, batch_size=256, precision="fp32")
+    result = fit(split.train_images, split.train_labels, split.validation_images, split.validation_labels, config,
+                 torch.device("cpu"), show_progress=False)  # fmt: skip
+    parts = fit_trust_parts(result.model, split, quick=True).parts
+    path = tmp_path_factory.mktemp("trained") / "model.safetensors"
+    return save_artifact(path, result.model, build_metadata(result.model.state_dict(), parts=parts), parts)

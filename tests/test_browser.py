@@ -357,3 +357,28 @@ def test_api_docs_link_shows_every_operation_from_this_server(open_page: Callabl
     docs = httpx.get(base_url + "/docs")
     assert docs.headers["content-security-policy"] == httpx.get(base_url + "/").headers["content-security-policy"]
     assert httpx.get(base_url + "/redoc").status_code == 404  # ReDoc has no offline copy: off, not half-working
+
+
+def test_explanation_overlays_the_input_and_a_non_garment_is_warned_about(
+    open_page: Callable[..., Page], trained_artifact: Path, tmp_path: Path
+) -> None:
+    """With a really trained model: a sample shows its map over the 28x28 input and no warning; a flat grey
+    picture gets the "may not be a garment" warning; the toggle hides the map."""
+    with serve(browser_settings(trained_artifact)) as url:
+        page = open_page(url)
+        expect(page.locator("#server-status")).to_contain_text("Model ready")
+        page.get_by_role("button", name="Classify sample: Trouser (test image 2)").click()
+        expect(page.locator("#heatmap")).to_be_visible()
+        expect(page.locator("#heatmap")).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+        expect(page.locator("#not-garment")).to_be_hidden()
+        screenshot(page, "explained-sample")
+        page.locator("#show-explanation").uncheck()
+        expect(page.locator("#heatmap")).to_be_hidden()
+        page.locator("#show-explanation").check()
+        grey = tmp_path / "grey.png"
+        Image.new("L", (28, 28), 128).save(grey)
+        page.get_by_label("Choose an image…").set_input_files(grey)
+        page.get_by_role("button", name="Predict").click()
+        expect(page.locator("#not-garment")).to_be_visible()
+        expect(page.locator("#not-garment")).to_contain_text("may not be a garment")
+        screenshot(page, "not-a-garment")

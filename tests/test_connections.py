@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 HELD_PER_KIND = 200
 TIMEOUT_S = 1.0  # idle, headers, keep-alive and body: all the same here
 GRACE_S = 2.0
-FILES_NEEDED = 4 * HELD_PER_KIND * 2 + 200  # both ends of every held socket live on this machine
+FILES_NEEDED = 5 * HELD_PER_KIND * 2 + 200  # both ends of every held socket live on this machine
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,28 @@ async def _keep_alive_then_silent(port: int) -> tuple[float, bytes]:
     return result
 
 
+async def _trickling_body_after_an_early_answer(port: int) -> tuple[float, bytes]:
+    """A 404 comes before the body; the rest of the body then trickles a byte every 0.2 s."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()  # the server's clock starts at its answer, after this
+    writer.write(b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    status, _ = await read_response(reader)
+    assert status == 404
+
+    async def trickle() -> None:
+        with _suppress_closed():
+            while True:
+                writer.write(b"a")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    trickler = asyncio.create_task(trickle())
+    result = await _closed_after(reader, started)
+    trickler.cancel()
+    writer.close()
+    return result
+
+
 class _suppress_closed:
     def __enter__(self) -> None:
         return None
@@ -130,7 +152,13 @@ async def _normal_requests(url: str, count: int) -> list[int]:
 
 async def _hold_all(server: LiveServer) -> tuple[dict[str, list[tuple[float, bytes]]], list[int]]:
     port = port_of(server)
-    kinds = {"idle": _idle, "headers": _trickling_headers, "body": _stalled_body, "keep-alive": _keep_alive_then_silent}
+    kinds = {
+        "idle": _idle,
+        "headers": _trickling_headers,
+        "body": _stalled_body,
+        "keep-alive": _keep_alive_then_silent,
+        "body after an early answer": _trickling_body_after_an_early_answer,
+    }
     held = {
         name: [asyncio.create_task(open_one(port)) for _ in range(HELD_PER_KIND)] for name, open_one in kinds.items()
     }
@@ -149,7 +177,7 @@ def test_held_connections_are_closed_within_their_timeouts_while_requests_are_an
         assert seconds[0] >= TIMEOUT_S - 0.1 and seconds[-1] <= TIMEOUT_S + GRACE_S, (kind, seconds[0], seconds[-1])
     for _, answer in results["headers"] + results["body"]:
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    for _, answer in results["idle"] + results["keep-alive"]:
+    for _, answer in results["idle"] + results["keep-alive"] + results["body after an early answer"]:
         assert answer == b""
 
 

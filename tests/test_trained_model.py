@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from models import CLASS_NAMES, Scorer, build_metadata, explain, load_artifact, save_artifact
+from models import CLASS_NAMES, Scorer, explain, load_artifact
 from tests.conftest import DEBIAN_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="no dataset-fashion-mnist")]
@@ -26,21 +26,8 @@ PER_REQUEST = 8  # the settings fixture's limit
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The trainer's functions end to end on a real split: fit, trust parts, the artifact."""
-    from training.data import Split, load_fashion_mnist, split_validation
-    from training.train import TrainConfig, fit
-    from training.trust import fit_trust_parts
-
-    full = split_validation(load_fashion_mnist(DEBIAN_DATA))
-    split = Split(full.train_images[:12000], full.train_labels[:12000], full.validation_images[:3000],
-                  full.validation_labels[:3000], full.description)  # fmt: skip
-    config = TrainConfig(epochs=2, batch_size=256, precision="fp32")
-    result = fit(split.train_images, split.train_labels, split.validation_images, split.validation_labels, config,
-                 torch.device("cpu"), show_progress=False)  # fmt: skip
-    parts = fit_trust_parts(result.model, split, quick=True).parts
-    path = tmp_path_factory.mktemp("trained") / "model.safetensors"
-    return save_artifact(path, result.model, build_metadata(result.model.state_dict(), parts=parts), parts)
+def trained(trained_artifact: Path) -> Path:
+    return trained_artifact
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +140,8 @@ def test_explanations_sum_to_the_logit_change_and_are_deterministic(
         assert explanation["logit_change"] == pytest.approx(change, rel=1e-4)
         assert explanation["heatmap"].startswith("data:image/png;base64,")
     direct = explain(model, images)
-    assert torch.allclose(torch.tensor([p["explanation"]["attributions"] for p in first]), direct.attributions)
+    served_maps = torch.tensor([p["explanation"]["attributions"] for p in first])
+    assert torch.equal(served_maps, direct.attributions)  # float32, written exactly
     assert all(p["explanation"] is None for p in served(client, images))  # off by default
 
 

@@ -180,8 +180,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--validation-size",
         type=positive_int,
         default=VALIDATION_SIZE,
-        help=f"training images held out (drawn by the fixed seed {VALIDATION_SEED}) to choose the epoch-by-epoch "
-        "figures, the temperature and the out-of-distribution threshold; the test set is measured once",
+        help=f"training images held out (drawn by the fixed seed {VALIDATION_SEED}): measured after every epoch, "
+        "and the temperature and the out-of-distribution threshold are fitted on them; the test set is measured once",
     )
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: cuda, then mps, then cpu")
     parser.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: torch's choice)")

@@ -211,7 +211,7 @@ async function predict() {
     const form = new FormData();
     form.append("file", await sourceBlob(source), source.name);
     const started = performance.now();
-    const { response, body } = await callApi("/predict?return_input=true", { method: "POST", body: form });
+    const { response, body } = await callApi("/predict?return_input=true&explain=true", { method: "POST", body: form });
     const roundTripMs = performance.now() - started;
     if (!response.ok || !body) {
       showMessage(message, describeError(response, body), "error");
@@ -252,6 +252,12 @@ function showResult(body, source, roundTripMs) {
   $("latency").textContent =
     `Round trip ${roundTripMs.toFixed(1)} ms · in the model ${body.inference_ms.toFixed(2)} ms · model ${body.model_version}`;
   $("inverted").hidden = !body.inverted;
+  // The model's own doubt, when its artifact has a detector (null otherwise: no warning either way).
+  $("not-garment").hidden = body.in_distribution !== false;
+  const heatmap = $("heatmap");
+  heatmap.hidden = !body.explanation || !$("show-explanation").checked;
+  if (body.explanation) heatmap.src = body.explanation.heatmap;
+  $("show-explanation").closest("label").hidden = !body.explanation;
   const bars = $("bars");
   bars.replaceChildren();
   for (const [name, probability] of Object.entries(body.probabilities)) {
@@ -429,6 +435,12 @@ function openKeyPanel() {
   $("api-key").focus();
 }
 
+function setUpExplanationToggle() {
+  $("show-explanation").addEventListener("change", (event) => {
+    $("heatmap").hidden = !event.target.checked || !$("heatmap").getAttribute("src");
+  });
+}
+
 function setUpKey() {
   const input = $("api-key");
   input.value = sessionStorage.getItem(KEY_STORAGE) || "";
@@ -441,6 +453,7 @@ function setUpKey() {
 
 document.addEventListener("DOMContentLoaded", () => {
   setUpKey();
+  setUpExplanationToggle();
   setUpFileInput();
   setUpCanvas();
   $("predict").addEventListener("click", predict);
