@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hmac
 import json
 import logging
 import os
@@ -34,6 +35,18 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         Path("artifacts/model.safetensors"),
         description="artifact to serve (.safetensors, or a quickstart .pth state dict)",
+    )
+    model_store: Path | None = Field(
+        None,
+        description="model store directory (versions and state.json, docs/lifecycle.md); when set it wins over "
+        "FASHION_MODEL_PATH, which is then ignored",
+    )
+    model_poll_s: float = Field(2.0, gt=0, description="seconds between reads of the store's state file")
+    min_accuracy: float = Field(
+        0.90, ge=0, le=1, description="a store version whose recorded accuracy is below this never serves"
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="if set, model changes (activate, rollback) need 'Authorization: Bearer <admin key>'"
     )
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
     require_model: bool = Field(
@@ -88,7 +101,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(DEVICE_CHOICES)} or cuda:N")
         return value
 
-    @field_validator("api_key")
+    @field_validator("api_key", "admin_key")
     @classmethod
     def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
         """A blank key would admit `Authorization: Bearer` with nothing after it; the messages never show the key."""
@@ -110,6 +123,18 @@ class Settings(BaseSettings):
             if bad:
                 raise ValueError(f"not an origin: {', '.join(repr(origin) for origin in bad)} ({ORIGIN_FORM})")
         return value
+
+    @model_validator(mode="after")
+    def _admin_key_is_its_own(self) -> Self:
+        """A client holding the API key must not be able to change models with it."""
+        admin, api = self.admin_key, self.api_key
+        if (
+            admin is not None
+            and api is not None
+            and hmac.compare_digest(admin.get_secret_value(), api.get_secret_value())
+        ):
+            raise ValueError("FASHION_ADMIN_KEY: must differ from FASHION_API_KEY")
+        return self
 
     @model_validator(mode="after")
     def _queue_holds_one_request(self) -> Self:

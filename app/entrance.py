@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ServiceError
 from app.http_errors import error_response
-from app.rest import answer_predict
+from app.rest import MODEL_VERSION_HEADER, answer_predict
 
 PATH = "/predict"
 
@@ -34,10 +34,11 @@ class PredictEntrance:
         response: Response
         try:
             body = await Request(scope, receive).body()
-            payload, images = await answer_predict(scope["app"].state, scope["headers"], scope["query_string"], body)
+            answer = await answer_predict(scope["app"].state, scope["headers"], scope["query_string"], body)
         except ServiceError as exc:  # anything else goes up to RequestContextMiddleware, as from the route
             response = error_response(exc, scope)
         else:
-            scope.setdefault("state", {})["images"] = images
-            response = Response(payload, media_type="application/json")
+            scope.setdefault("state", {})["images"] = answer.images
+            headers = {MODEL_VERSION_HEADER: answer.model_version}
+            response = Response(answer.payload, media_type="application/json", headers=headers)
         await response(scope, receive, send)

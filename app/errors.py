@@ -33,6 +33,18 @@ class Unauthorized(ServiceError):
     code = "unauthorized"
 
 
+class Forbidden(ServiceError):
+    """The action is switched off on this server (not a matter of which key was sent)."""
+
+    code = "forbidden"
+
+
+class Conflict(ServiceError):
+    """The action cannot apply to the current state: a refused version, nothing to roll back to, a race."""
+
+    code = "conflict"
+
+
 class RequestTimeout(ServiceError):
     code = "request_timeout"
 

@@ -15,18 +15,18 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from PIL import Image
 
-from app.batching import Batcher
 from app.config import Settings, get_settings
 from app.entrance import PATH, PredictEntrance
 from app.http_errors import install_error_handlers
+from app.lifecycle import ModelFollower, announce, build_service
 from app.logs import configure_logging
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.oip import routes as oip
 from app.predictor import Predictor
-from app.routes import docs, health, model, predict, ui
-from app.service import InferenceService
+from app.routes import docs, health, model, models, predict, ui
 from models import ArtifactError, resolve_device
+from models.store import ModelStore
 
 log = logging.getLogger("app")
 VERSION = "0.1.0"
@@ -41,38 +41,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # open_image checks every declared size against ours before a pixel is decoded, and names it; Pillow's guard
     # would answer first for the worst bombs, in its own words, and print plain-text warnings for smaller ones.
     Image.MAX_IMAGE_PIXELS = None
-    batcher = None
-    try:
-        device = resolve_device(settings.device)
-        predictor = await asyncio.to_thread(Predictor.load, settings.model_path, device)
-    except (ArtifactError, ValueError) as exc:
-        if settings.require_model:
-            raise RuntimeError(f"cannot start: {exc}") from None
-        app.state.not_ready_reason = f"model not loaded: {exc}"
-        log.error("model not loaded; serving 503 until restarted: %s", exc)
+    follower = None
+    if settings.model_store is not None:
+        follower = await _follow_store(app, settings)
     else:
-        if settings.batching:
-            batcher = Batcher(
-                predictor.predict,
-                max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_batch_wait_ms / 1000,
-                max_queue=settings.max_queue,
-                on_batch=app.state.metrics.observe_batch,
-            )
-            batcher.start()
-            app.state.metrics.watch_queue(batcher)
-        metrics = app.state.metrics
-        app.state.service = InferenceService(
-            predictor,
-            batcher,
-            settings.max_image_pixels,
-            decode_concurrency=settings.decode_concurrency,
-            on_classified=metrics.observe_predictions,
-        )
-        metrics.model_info.info({"version": predictor.version, "device": str(device)})
-        if predictor.training_mean_intensity is not None:
-            metrics.training_intensity.set(predictor.training_mean_intensity)
-        log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
+        await _load_model_file(app, settings)
     # Torch, the app and the model live as long as the process: keep them out of the collector's full passes,
     # which walk all ~220k of them (~100 ms, measured) every second or two under load: the p99 latency.
     gc.collect()
@@ -81,8 +54,48 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         gc.unfreeze()
-        if batcher is not None:
-            await batcher.stop()
+        if follower is not None:
+            await follower.stop()
+        elif app.state.service is not None and app.state.service.batcher is not None:
+            await app.state.service.batcher.stop()
+
+
+async def _load_model_file(app: FastAPI, settings: Settings) -> None:
+    """FASHION_MODEL_PATH: one file, loaded once; without it, 503s that say why (or no start, if required)."""
+    try:
+        device = resolve_device(settings.device)
+        predictor = await asyncio.to_thread(Predictor.load, settings.model_path, device)
+    except (ArtifactError, ValueError) as exc:
+        if settings.require_model:
+            raise RuntimeError(f"cannot start: {exc}") from None
+        app.state.not_ready_reason = f"model not loaded: {exc}"
+        log.error("model not loaded; serving 503 until restarted: %s", exc)
+        return
+    app.state.service = build_service(predictor, settings, app.state.metrics)
+    announce(predictor, app.state.metrics)
+    log.info("model %s ready on %s in %.3f s", predictor.version, device, predictor.load_seconds)
+
+
+async def _follow_store(app: FastAPI, settings: Settings) -> ModelFollower | None:
+    """FASHION_MODEL_STORE (which wins over FASHION_MODEL_PATH): serve what the store's state names, and follow it."""
+    assert settings.model_store is not None
+    if "model_path" in settings.model_fields_set:
+        log.warning("FASHION_MODEL_STORE is set, so FASHION_MODEL_PATH (%s) is ignored", settings.model_path)
+    try:
+        device = resolve_device(settings.device)
+    except ValueError as exc:
+        if settings.require_model:
+            raise RuntimeError(f"cannot start: {exc}") from None
+        app.state.not_ready_reason = f"model not loaded: {exc}"
+        log.error("model not loaded; serving 503 until restarted: %s", exc)
+        return None
+    follower = ModelFollower(app.state, ModelStore(settings.model_store), device)
+    app.state.follower = follower
+    await follower.start()
+    if app.state.service is None and settings.require_model:
+        await follower.stop()
+        raise RuntimeError(f"cannot start: {app.state.not_ready_reason}")
+    return follower
 
 
 def create_app(settings: Settings | None = None, *, predict_entrance: bool = True) -> FastAPI:
@@ -100,9 +113,10 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
     app.state.settings = settings
     app.state.service = None
     app.state.not_ready_reason = "model is loading"
+    app.state.follower = None  # app/lifecycle.py's ModelFollower, when serving from a model store
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    for router in (predict.router, model.router, health.router, ui.router, docs.router, oip.router):
+    for router in (predict.router, model.router, models.router, health.router, ui.router, docs.router, oip.router):
         app.include_router(router)
     if predict_entrance:  # innermost: limits, CORS, request ids, logs and metrics still apply
         route = next(r for r in predict.router.routes if isinstance(r, APIRoute) and r.path == PATH)

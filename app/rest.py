@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -33,8 +33,17 @@ class PredictOptions:
     explain: bool
 
 
-async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, body: bytes) -> tuple[bytes, int]:
-    """The JSON body of a /predict answer and how many images it classified; domain errors for the rest.
+MODEL_VERSION_HEADER = "X-Model-Version"  # every answer names the version that computed it, in a header too
+
+
+class PredictAnswer(NamedTuple):
+    payload: bytes  # the JSON body
+    images: int  # how many images it classified
+    model_version: str  # the version that computed it (the body's model_version)
+
+
+async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, body: bytes) -> PredictAnswer:
+    """The JSON body of a /predict answer, how many images and which version; domain errors for the rest.
 
     ``state`` is the app's state (settings, service). The key is checked before readiness is told.
     """
@@ -46,7 +55,7 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
     content_type = next((value for name, value in headers if name == b"content-type"), b"").decode("latin-1")
     uploads, batch = read_uploads(content_type, body, settings.max_images_per_request)
     result = await service.classify([upload.data for upload in uploads], options.invert, explain=options.explain)
-    return encode(result, uploads, options, batch=batch), len(uploads)
+    return PredictAnswer(encode(result, uploads, options, batch=batch), len(uploads), result.model_version)
 
 
 def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:

@@ -53,6 +53,7 @@ class InferenceService:
         self.max_image_pixels = max_image_pixels
         # Each off-loop decode holds a whole decoded image (up to ~15 bytes a declared pixel): bound how many.
         self._decode_slots = asyncio.Semaphore(decode_concurrency)
+        self.in_flight = 0  # requests inside _predict: a retired service stops its batcher once none is (lifecycle)
         # Explanations run in a thread of their own, one batch at a time, beside the batcher: a client asking for
         # them waits for this slot, never the others, whose requests go on through the batcher meanwhile.
         self._explain_slot = asyncio.Semaphore(1)
@@ -81,6 +82,13 @@ class InferenceService:
 
     async def _predict(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
         """Through the batcher when there is one, so every protocol shares one queue and its back-pressure."""
+        self.in_flight += 1
+        try:
+            return await self._run_model(pixels)
+        finally:
+            self.in_flight -= 1
+
+    async def _run_model(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
         if self.batcher is not None:
             return await self.batcher.submit(pixels)
         started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps

@@ -37,6 +37,7 @@ from training.data import (
     load_fashion_mnist,
     split_validation,
 )
+from training.publish import add_publish_options, publish_artifact
 from training.report import per_class_table, write_report
 from training.train import (
     MAX_SHIFT,
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_optimisation_options(parser)
     add_augmentation_options(parser)
     add_run_options(parser)
+    add_publish_options(parser)
     return parser
 
 
@@ -345,7 +347,7 @@ def save_and_report(args: argparse.Namespace, trained: Trained, data: FashionDat
     if not args.no_report:
         for path in write_report(args.out, trained, data, list(CLASS_NAMES), quick=args.dry_run):
             log.info("report: %s", path)
-    return 0
+    return publish_artifact(args, args.out)
 
 
 if __name__ == "__main__":

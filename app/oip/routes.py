@@ -17,6 +17,7 @@ from app.deps import require_api_key
 from app.errors import ModelNotFound, NotReady
 from app.http_errors import OIP_PREFIX
 from app.oip import codec
+from app.rest import MODEL_VERSION_HEADER
 from app.schemas import error_responses
 from app.service import InferenceService, require_service
 
@@ -158,6 +159,7 @@ async def _infer(request: Request, service: InferenceService) -> Response:
         result = await service.classify(codec.images(call), call.invert())
     request.state.images = len(result.pixels)
     content, extra_headers, media_type = codec.encode_result(call, result)
+    extra_headers = {**extra_headers, MODEL_VERSION_HEADER: result.model_version}
     return Response(content, media_type=media_type, headers=extra_headers)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.imaging import InvertMode
-from app.rest import answer_predict
+from app.rest import MODEL_VERSION_HEADER, answer_predict
 from app.schemas import BatchPredictResponse, PredictResponse, error_responses
 
 router = APIRouter(tags=["predict"])
@@ -83,6 +83,7 @@ ERRORS = error_responses(
 async def predict(request: Request) -> Response:
     """Classify FashionMNIST-style images: probabilities of all ten classes, top-k and the argmax."""
     body = await request.body()
-    payload, images = await answer_predict(request.app.state, request.headers.raw, request.scope["query_string"], body)
-    request.state.images = images
-    return Response(payload, media_type="application/json")
+    answer = await answer_predict(request.app.state, request.headers.raw, request.scope["query_string"], body)
+    request.state.images = answer.images
+    headers = {MODEL_VERSION_HEADER: answer.model_version}
+    return Response(answer.payload, media_type="application/json", headers=headers)

@@ -1,0 +1,189 @@
+"""Follow the model store: load the version its state names beside the one serving, then swap; never stop serving.
+
+Each worker process polls the state file (``FASHION_MODEL_POLL_S``; inotify does not see network volumes). When
+the state changes it validates and loads the named version into a service of its own (its own Predictor and
+Batcher, so no batch ever mixes versions), then replaces ``app.state.service`` in one assignment. A request
+keeps the service it fetched when it started; the old service's batcher stops once its last queued request
+is answered, and the model is freed when the last reference to it goes. A version that cannot be loaded is
+never served: the worker keeps (or falls back to) the last good version, stays ready, and says so in /models
+and the log. Nothing here stops the process: one bad file must not stop a worker from starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import torch
+
+from app.batching import Batcher
+from app.config import Settings
+from app.metrics import Metrics
+from app.predictor import Predictor
+from app.service import InferenceService
+from models.store import ModelStore, StoreError, StoreState
+from models.validation import Refused, validate_version
+
+log = logging.getLogger("app.lifecycle")
+
+
+def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) -> InferenceService:
+    """A service around ``predictor`` with its own batcher (started) when batching is on, reporting to ``metrics``."""
+    batcher = None
+    if settings.batching:
+        batcher = Batcher(
+            predictor.predict,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queue=settings.max_queue,
+            on_batch=metrics.observe_batch,
+        )
+        batcher.start()
+        metrics.watch_queue(batcher)
+    return InferenceService(
+        predictor,
+        batcher,
+        settings.max_image_pixels,
+        decode_concurrency=settings.decode_concurrency,
+        on_classified=metrics.observe_predictions,
+    )
+
+
+def announce(predictor: Predictor, metrics: Metrics) -> None:
+    """The metrics that describe the model serving: its version and device, its training images' intensity."""
+    metrics.model_info.info({"version": predictor.version, "device": str(predictor.device)})
+    if predictor.training_mean_intensity is not None:
+        metrics.training_intensity.set(predictor.training_mean_intensity)
+
+
+async def retire(service: InferenceService) -> None:
+    """Stop ``service``'s batcher once no request is inside it; a late request then runs on its model directly."""
+    while service.in_flight:
+        await asyncio.sleep(0.005)
+    batcher, service.batcher = service.batcher, None  # no await between the check and this: no request slips in
+    if batcher is not None:
+        await batcher.stop()
+
+
+class ModelFollower:
+    """This process's side of the store: which version it serves, which it refused, and why."""
+
+    def __init__(self, app_state: Any, store: ModelStore, device: torch.device) -> None:
+        self.app_state = app_state
+        self.settings: Settings = app_state.settings
+        self.store = store
+        self.device = device
+        self.serving: str | None = None  # the full digest of the version this worker serves
+        self.refused: dict[str, str] = {}  # versions this worker could not load, and why (tried again when named)
+        self.note: str | None = None  # why this worker does not serve what the state names, when it does not
+        self.generation = -1
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.sync()
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="model-store-poll")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        for task in list(self._retiring):
+            await task
+        service: InferenceService | None = self.app_state.service
+        if service is not None and service.batcher is not None:
+            await service.batcher.stop()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_poll_s)
+            try:
+                await self.sync()
+            except Exception:  # a bug here must not end the polling: log it, keep serving, try again
+                log.exception("following the model store failed; still serving %s", _short(self.serving))
+
+    async def sync(self) -> None:
+        """Read the state; when it changed, serve what it names, or the best fallback this worker can load."""
+        async with self._lock:
+            try:
+                state = await asyncio.to_thread(self.store.read_state)
+            except StoreError as exc:
+                self._tell(f"the store's state cannot be read ({exc}); still serving {_short(self.serving)}")
+                return
+            if state.generation == self.generation:
+                return
+            self.generation = state.generation
+            await self._follow(state)
+
+    async def _follow(self, state: StoreState) -> None:
+        for digest in _candidates(state):
+            if digest == self.serving:
+                break
+            service = await self._load(digest)
+            if service is not None:
+                self._swap(digest, service)
+                break
+        if state.serving is None:
+            self._tell("the store names no serving version yet: publish one (python -m training --publish STORE)")
+        elif self.serving == state.serving:
+            self.note = None
+        else:
+            reason = self.refused.get(state.serving, "it could not be loaded")
+            self._tell(
+                f"the state names {_short(state.serving)}, which this worker refused ({reason}); "
+                f"serving {_short(self.serving)}, the last good version"
+            )
+
+    async def _load(self, digest: str) -> InferenceService | None:
+        started = time.perf_counter()
+        try:
+            artifact = await asyncio.to_thread(
+                validate_version, self.store, digest, self.settings.min_accuracy, self.device
+            )
+        except Refused as exc:
+            self.refused[digest] = exc.reason
+            log.error("version %s refused: %s", _short(digest), exc.detail)
+            return None
+        self.refused.pop(digest, None)
+        predictor = Predictor(artifact.model, artifact.metadata, artifact.path, self.device, artifact.parts)
+        predictor.version = digest[:12]  # a store version is named by its whole file's digest
+        await asyncio.to_thread(predictor.warm_up)
+        predictor.load_seconds = time.perf_counter() - started
+        return build_service(predictor, self.settings, self.app_state.metrics)
+
+    def _swap(self, digest: str, service: InferenceService) -> None:
+        old: InferenceService | None = self.app_state.service
+        self.app_state.service = service  # one assignment: each request sees the old service or the new
+        self.serving = digest
+        announce(service.predictor, self.app_state.metrics)
+        log.info("serving version %s (was %s)", _short(digest), _short(old.predictor.version if old else None))
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(retire(old), name="retire-model")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _tell(self, note: str) -> None:
+        if note != self.note:
+            log.warning("%s", note)
+        self.note = note
+        if self.app_state.service is None:
+            self.app_state.not_ready_reason = f"no model version loaded: {note}"
+
+
+def _candidates(state: StoreState) -> list[str]:
+    """What to serve, best first: what the state names, the last good version, then those that served before."""
+    order = [state.serving, state.last_good, *reversed(state.history)]
+    seen: list[str] = []
+    for digest in order:
+        if digest is not None and digest not in seen:
+            seen.append(digest)
+    return seen
+
+
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "nothing"
