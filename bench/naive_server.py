@@ -21,7 +21,8 @@ from torchvision import transforms
 from models import CLASS_NAMES, NeuralNetwork
 
 model = NeuralNetwork()
-model.load_state_dict(load_file(os.environ.get("FASHION_MODEL_PATH", "artifacts/model.safetensors")))
+tensors = load_file(os.environ.get("FASHION_MODEL_PATH", "artifacts/model.safetensors"))
+model.load_state_dict({name: t for name, t in tensors.items() if not name.startswith("extra.")})  # the weights only
 model.eval()
 to_tensor = transforms.ToTensor()
 app = FastAPI()
