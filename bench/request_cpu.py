@@ -32,7 +32,7 @@ CONNECTIONS = {"small": 64, "photos": 16, "mixed": 16}
 REQUESTS = {"small": 3000, "photos": 800, "mixed": 400}
 
 
-def child(model: Path, workload: str, concurrency: int, requests: int) -> None:
+def child(model: Path, workload: str, concurrency: int, requests: int, entrance: bool) -> None:
     """In the checkout's own process (cwd first on sys.path): drive its app and print CPU microseconds a request."""
     sys.path[:0] = [os.getcwd(), str(BENCH)]
     import uvloop
@@ -79,7 +79,8 @@ def child(model: Path, workload: str, concurrency: int, requests: int) -> None:
             raise SystemExit(f"{workload}: the app answered {status}")
 
     async def measure() -> float:
-        app = create_app(Settings(model_path=model, device="cpu", torch_threads=1, log_level="warning"))
+        settings = Settings(model_path=model, device="cpu", torch_threads=1, log_level="warning")
+        app = create_app(settings) if entrance else create_app(settings, predict_entrance=False)
         async with app.router.lifespan_context(app):
             for body in bodies * 2:  # warm: every body once, allocators, lazy imports
                 await call(app, body)
@@ -92,9 +93,10 @@ def child(model: Path, workload: str, concurrency: int, requests: int) -> None:
     print(json.dumps({"cpu_us": uvloop.run(measure())}))
 
 
-def run_child(checkout: Path, args: argparse.Namespace, workload: str) -> float:
+def run_child(checkout: Path, args: argparse.Namespace, workload: str, entrance: bool = True) -> float:
     command = ["taskset", "-c", str(args.core), sys.executable, str(Path(__file__).resolve()), "--child", workload]
     command += ["--model", str(args.model.resolve()), "--requests", str(REQUESTS[workload] * args.scale)]
+    command += [] if entrance else ["--no-entrance"]
     done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{checkout} {workload} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -104,6 +106,11 @@ def run_child(checkout: Path, args: argparse.Namespace, workload: str) -> float:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, help="another checkout (e.g. a `git worktree` of an older commit)")
+    parser.add_argument(
+        "--route-only",
+        action="store_true",
+        help="also this checkout with /predict's early entrance off (the route alone)",
+    )
     parser.add_argument("--workloads", nargs="+", choices=list(CONNECTIONS), default=list(CONNECTIONS))
     parser.add_argument("--rounds", type=int, default=5, help="rounds; each figure is the median (default 5)")
     parser.add_argument("--scale", type=int, default=1, help="multiply the requests per measurement")
@@ -113,6 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-write", action="store_true", help="print the section, write nothing")
     parser.add_argument("--child", choices=list(CONNECTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--requests", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--no-entrance", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.model.exists():
         parser.error(f"{args.model} not found: train one with `make model`")
@@ -122,21 +130,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
-        child(args.model, args.child, CONNECTIONS[args.child], args.requests)
+        child(args.model, args.child, CONNECTIONS[args.child], args.requests, not args.no_entrance)
         return
     sys.path.insert(0, str(BENCH))
     import results_file
     from run import describe
 
     checkouts = {"app": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+    if args.route_only:
+        checkouts["route only"] = ROOT
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     cpu: dict[tuple[str, str], list[float]] = {}
     for round_ in range(args.rounds):
         for workload in args.workloads:
             names = list(checkouts) if round_ % 2 == 0 else list(reversed(checkouts))
             for name in names:
-                cpu.setdefault((workload, name), []).append(run_child(checkouts[name], args, workload))
-                print(f"round {round_ + 1} {workload:6} {name:8} {cpu[workload, name][-1]:7.1f} us", file=sys.stderr)
+                measured = run_child(checkouts[name], args, workload, entrance=name != "route only")
+                cpu.setdefault((workload, name), []).append(measured)
+                print(f"round {round_ + 1} {workload:6} {name:10} {measured:7.1f} us", file=sys.stderr)
     rows = ["| workload | conns | checkout | CPU µs a request | × app | each round |", "|---|--:|---|--:|--:|---|"]
     for (workload, name), values in cpu.items():
         median = statistics.median(values)
@@ -149,7 +160,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.core}, load average {load_before} before it: CPU time per request inside the app (ASGI, no sockets),"
         f" median of {args.rounds} rounds, checkouts alternated.",
         "",
-        *(f"- `{name}`: {describe(path)}" for name, path in checkouts.items()),
+        *(f"- `{name}`: {describe(path)}" for name, path in checkouts.items() if name != "route only"),
+        *(
+            ["- `route only`: `app` with /predict's early entrance off (app/entrance.py), the FastAPI route alone"]
+            if args.route_only
+            else []
+        ),
         "",
         *rows,
     ]
