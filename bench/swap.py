@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from bench.results_file import update  # noqa: E402
 from models import NeuralNetwork, build_metadata, save_artifact  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
+from tests.conftest import free_port, serve_process  # noqa: E402  (the tests' one way to start a server)
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SAMPLES = sorted((ROOT / "app" / "static" / "samples").glob("*.png"))
@@ -57,31 +58,15 @@ def artifact(directory: Path, seed: int, accuracy: float) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(store: Path, workers: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+@contextlib.contextmanager
+def start(store: Path, workers: int, log_dir: Path) -> Iterator[str]:
+    """The server on the store, ready on every worker; its URL."""
     port = free_port()
-    env = {**os.environ, "FASHION_MODEL_STORE": str(store), "FASHION_ADMIN_KEY": ADMIN, "FASHION_MODEL_POLL_S": "0.5"}
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
-    command += ["--workers", str(workers)]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                time.sleep(3 * workers)  # the other workers too
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the server was not ready in 120 s:\n{log.read_text()[-2000:]}")
+    env = {"FASHION_MODEL_STORE": str(store), "FASHION_ADMIN_KEY": ADMIN, "FASHION_MODEL_POLL_S": "0.5"}
+    command = ["-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log", "--workers", str(workers)]
+    with serve_process("uvicorn", command, port, env, log_dir, "/readyz", ready_timeout=120, stop_timeout=30) as server:
+        time.sleep(3 * workers)  # /readyz answered from one worker: give the others their start-up too
+        yield server.url
 
 
 async def load(url: str, connections: int, seconds: float, tally: Tally) -> None:
@@ -146,8 +131,7 @@ def run(workers: int, args: argparse.Namespace, scratch: Path) -> tuple[list[str
     corrupt = scratch / "corrupt.safetensors"
     corrupt.write_bytes(store.path_of(good[0]).read_bytes()[:4000])
     bad = [corrupt, artifact(scratch, 3, 0.5)]
-    process, url = start(store.root, workers, scratch / f"uvicorn-{workers}.log")
-    try:
+    with start(store.root, workers, scratch) as url:
         baseline = Tally()
         asyncio.run(load(url, args.connections, args.seconds, baseline))
         swapping = Tally()
@@ -158,9 +142,6 @@ def run(workers: int, args: argparse.Namespace, scratch: Path) -> tuple[list[str
             return await task
 
         events = asyncio.run(both())
-    finally:
-        process.terminate()
-        process.wait(30)
     return report(workers, baseline, swapping, good, events)
 
 

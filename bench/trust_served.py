@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import socket
 import statistics
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -40,6 +37,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import results_file  # noqa: E402  (bench/ is a folder of scripts, not a package)
 
 from models import CLASS_NAMES, load_artifact  # noqa: E402
+from tests.conftest import free_port, serve_process  # noqa: E402  (the tests' one way to start a server)
 from training.data import load_fashion_mnist  # noqa: E402
 from training.measure import auroc, expected_calibration_error  # noqa: E402
 from training.ood_sets import KINDS, SPLITS, make_ood_set  # noqa: E402
@@ -54,22 +52,6 @@ def png(pixels: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels.numpy()).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def start_server(model: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FASHION_MODEL_PATH": str(model), "FASHION_DEVICE": "cpu", "FASHION_TORCH_THREADS": "1",
-           "FASHION_LOG_LEVEL": "warning", "FASHION_MAX_IMAGES_PER_REQUEST": str(BATCH)}  # fmt: skip
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
-    process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not become ready in 60 s")
 
 
 def post(client: httpx.Client, files: list[bytes], query: str = "") -> list[dict[str, object]]:
@@ -168,24 +150,19 @@ def main() -> None:
     if artifact.parts.calibration is None or artifact.parts.ood is None:
         raise SystemExit(f"{args.model} has no calibration or detector: train it with `python -m training`")
     data = load_fashion_mnist(Path("/usr/share/datasets/fashion-mnist"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = start_server(args.model, port)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            test_pngs = [png(p) for p in data.test_images]
-            probabilities, scores, flags = served(client, test_pngs)
-            sections = calibration_lines(probabilities, data.test_labels, artifact.parts.calibration.temperature)
-            sections += [
-                "",
-                *ood_lines(client, scores, flags),
-                "",
-                *explain_lines(client, psutil.Process(server.pid), test_pngs),
-            ]
-    finally:
-        server.terminate()
-        server.wait(15)
+    env = {"FASHION_MODEL_PATH": str(args.model), "FASHION_DEVICE": "cpu", "FASHION_TORCH_THREADS": "1",
+           "FASHION_LOG_LEVEL": "warning", "FASHION_MAX_IMAGES_PER_REQUEST": str(BATCH)}  # fmt: skip
+    port = free_port()
+    command = ["-m", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"]
+    with (
+        serve_process("uvicorn", command, port, env, Path(tempfile.mkdtemp()), "/readyz") as server,
+        httpx.Client(base_url=server.url, timeout=120) as client,
+    ):
+        test_pngs = [png(p) for p in data.test_images]
+        probabilities, scores, flags = served(client, test_pngs)
+        sections = calibration_lines(probabilities, data.test_labels, artifact.parts.calibration.temperature)
+        sections += ["", *ood_lines(client, scores, flags), ""]
+        sections += explain_lines(client, psutil.Process(server.process.pid), test_pngs)
     head = [f"Model {artifact.metadata.weights_sha256[:12]} ({args.model.name}); "
             f"`.venv/bin/python bench/trust_served.py --model {args.model}`.", ""]  # fmt: skip
     results_file.update(RESULTS, {"## Trust, through /predict": head + sections})

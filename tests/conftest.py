@@ -90,21 +90,28 @@ def free_port() -> int:
 def run_server(env: dict[str, str], log_dir: Path, *uvicorn_args: str, wait_ready: bool = True) -> Iterator[LiveServer]:
     """Start ``uvicorn app.main:app`` with FASHION_* ``env``; wait for /healthz (and /readyz); stop it after."""
     port = free_port()
-    log_path = log_dir / f"uvicorn-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *uvicorn_args,
-    ]
+    command = ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), *uvicorn_args]
+    with serve_process("uvicorn", command, port, env, log_dir, "/readyz" if wait_ready else "/healthz") as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_process(
+    name: str,
+    python_args: list[str],
+    port: int,
+    env: dict[str, str],
+    log_dir: Path,
+    ready_path: str,
+    ready_timeout: float = 60,
+    stop_timeout: float = 15,
+) -> Iterator[LiveServer]:
+    """``python <python_args>`` from the repository root, serving on ``port``: wait for ``ready_path`` to answer
+    200, yield it, then SIGTERM it (SIGKILL after ``stop_timeout``). Its output goes to a log in ``log_dir``."""
+    log_path = log_dir / f"{name}-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            command,
+            [sys.executable, *python_args],
             env={**os.environ, **env},
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -112,23 +119,22 @@ def run_server(env: dict[str, str], log_dir: Path, *uvicorn_args: str, wait_read
         )
     server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        deadline = time.monotonic() + 60
-        path = "/readyz" if wait_ready else "/healthz"
+        deadline = time.monotonic() + ready_timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {process.returncode}:\n{server.log()}")
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{server.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + path, timeout=2).status_code == 200:
+                if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"uvicorn did not answer {path} in 60 s:\n{server.log()}")
+                raise RuntimeError(f"{name} did not answer {ready_path} in {ready_timeout:g} s:\n{server.log()}")
             time.sleep(0.1)
         yield server
     finally:
         if process.poll() is None:
             process.terminate()
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import LiveServer, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import LiveServer, free_port, serve_process
 
 
 @contextlib.contextmanager
 def run_fashion_serve(
     env: dict[str, str], log_dir: Path, *args: str, ready_timeout: float = 90
 ) -> Iterator[LiveServer]:
-    """``python -m app.cli`` on a free loopback port; waits for /readyz; SIGTERM after, and checks it exits 0."""
+    """``python -m app.cli`` on a free loopback port; waits for /readyz; SIGTERM after."""
     port = free_port()
-    log_path = log_dir / f"fashion-serve-{port}.log"
-    command = [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port), *args]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT
-        )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"fashion-serve exited with {process.returncode}:\n{server.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(server.url + "/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fashion-serve was not ready in {ready_timeout:g} s:\n{server.log()}")
-            time.sleep(0.1)
+    command = ["-m", "app.cli", "--host", "127.0.0.1", "--port", str(port), *args]
+    with serve_process("fashion-serve", command, port, env, log_dir, "/readyz", ready_timeout, 30) as server:
         yield server
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def port_of(server: LiveServer) -> int:
