@@ -1,10 +1,10 @@
 """POST /predict answered before FastAPI's router and dependency machinery: the same call, made earlier.
 
 Per request, FastAPI's routing, exception and dependency layers cost more CPU than a small image's decode and
-its share of the forward pass (`bench/request_cpu.py --route-only` measures both ways). This middleware takes every POST /predict
-and calls the very function the route calls, ``answer_predict``, and answers errors through the same mapper,
-so the answer is the same byte for byte (tests/test_entrance.py sends generated requests both ways). The
-route stays what OpenAPI documents, and what serves when the entrance is off.
+its share of the forward pass (``bench/request_cpu.py --route-only`` measures both ways). This middleware takes
+every POST /predict and calls the very function the route calls, ``answer_predict``, and answers errors through
+the same mapper, so the answer is the same byte for byte (tests/test_entrance.py sends generated requests both
+ways). The route stays what OpenAPI documents, and what serves when the entrance is off.
 """
 
 from __future__ import annotations
