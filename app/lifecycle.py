@@ -150,10 +150,8 @@ class ModelFollower:
             log.error("version %s refused: %s", _short(digest), exc.detail)
             return None
         self.refused.pop(digest, None)
-        predictor = Predictor(artifact.model, artifact.metadata, artifact.path, self.device, artifact.parts)
-        predictor.version = digest[:12]  # a store version is named by its whole file's digest
-        await asyncio.to_thread(predictor.warm_up)
-        predictor.load_seconds = time.perf_counter() - started
+        # A store version is named by its whole file's digest, not its weights' alone.
+        predictor = await asyncio.to_thread(Predictor.from_artifact, artifact, self.device, started, digest[:12])
         return build_service(predictor, self.settings, self.app_state.metrics)
 
     def _swap(self, digest: str, service: InferenceService) -> None:

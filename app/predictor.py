@@ -13,17 +13,17 @@ import torch
 from app.schemas import ParameterStats
 from models import (
     IMAGE_SIDE,
+    Artifact,
     ArtifactError,
     ArtifactMetadata,
     Explanation,
     NeuralNetwork,
-    ReferenceMismatchError,
     Scorer,
     TrustParts,
-    check_reference_outputs,
     explain,
     load_artifact,
 )
+from models.validation import Refused, check_reproduces
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class Predictor:
         path: Path,
         device: torch.device,
         parts: TrustParts | None = None,
+        version: str | None = None,
     ) -> None:
         self.parts = parts or TrustParts()
         self.model = model.to(device).eval()
@@ -62,7 +63,7 @@ class Predictor:
         self.path = path
         self.device = device
         self.class_names: list[str] = list(metadata.class_names)
-        self.version = metadata.weights_sha256[:12]
+        self.version = version or metadata.weights_sha256[:12]
         self.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.load_seconds = 0.0
         self.parameters = summarize_parameters(self.model)
@@ -81,12 +82,18 @@ class Predictor:
         """Load, verify, and check the model reproduces what training recorded, on this machine, before serving."""
         started = time.perf_counter()
         artifact = load_artifact(path, device)
-        predictor = cls(artifact.model, artifact.metadata, path, device, artifact.parts)
-        if artifact.parts.reference is not None:
-            try:
-                check_reference_outputs(predictor.scorer, artifact.parts.reference)
-            except ReferenceMismatchError as exc:
-                raise ArtifactError(path, str(exc)) from None
+        try:
+            check_reproduces(artifact)
+        except Refused as exc:
+            raise ArtifactError(path, exc.detail) from None
+        return cls.from_artifact(artifact, device, started)
+
+    @classmethod
+    def from_artifact(
+        cls, artifact: Artifact, device: torch.device, started: float, version: str | None = None
+    ) -> Predictor:
+        """A checked artifact, warmed up; ``version`` overrides the weights' digest (a store names its files)."""
+        predictor = cls(artifact.model, artifact.metadata, artifact.path, device, artifact.parts, version)
         predictor.warm_up()
         predictor.load_seconds = time.perf_counter() - started
         return predictor
