@@ -66,10 +66,7 @@ async def _load_model_file(app: FastAPI, settings: Settings) -> None:
         device = resolve_device(settings.device)
         predictor = await asyncio.to_thread(Predictor.load, settings.model_path, device)
     except (ArtifactError, ValueError) as exc:
-        if settings.require_model:
-            raise RuntimeError(f"cannot start: {exc}") from None
-        app.state.not_ready_reason = f"model not loaded: {exc}"
-        log.error("model not loaded; serving 503 until restarted: %s", exc)
+        _not_loaded(app, settings, exc)
         return
     app.state.service = build_service(predictor, settings, app.state.metrics)
     announce(predictor, app.state.metrics)
@@ -84,10 +81,7 @@ async def _follow_store(app: FastAPI, settings: Settings) -> ModelFollower | Non
     try:
         device = resolve_device(settings.device)
     except ValueError as exc:
-        if settings.require_model:
-            raise RuntimeError(f"cannot start: {exc}") from None
-        app.state.not_ready_reason = f"model not loaded: {exc}"
-        log.error("model not loaded; serving 503 until restarted: %s", exc)
+        _not_loaded(app, settings, exc)
         return None
     follower = ModelFollower(app.state, ModelStore(settings.model_store), device)
     app.state.follower = follower
@@ -96,6 +90,14 @@ async def _follow_store(app: FastAPI, settings: Settings) -> ModelFollower | Non
         await follower.stop()
         raise RuntimeError(f"cannot start: {app.state.not_ready_reason}")
     return follower
+
+
+def _not_loaded(app: FastAPI, settings: Settings, exc: Exception) -> None:
+    """Stop start-up when a model is required; otherwise serve 503s that give ``exc`` as the reason."""
+    if settings.require_model:
+        raise RuntimeError(f"cannot start: {exc}") from None
+    app.state.not_ready_reason = f"model not loaded: {exc}"
+    log.error("model not loaded; serving 503 until restarted: %s", exc)
 
 
 def create_app(settings: Settings | None = None, *, predict_entrance: bool = True) -> FastAPI:
