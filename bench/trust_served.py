@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import statistics
 import sys
 import tempfile
@@ -164,7 +165,7 @@ def main() -> None:
         sections += ["", *ood_lines(client, scores, flags), ""]
         sections += explain_lines(client, psutil.Process(server.process.pid), test_pngs)
     head = [f"Model {artifact.metadata.weights_sha256[:12]} ({args.model.name}); "
-            f"`.venv/bin/python bench/trust_served.py --model {args.model}`.", ""]  # fmt: skip
+            f"`.venv/bin/python bench/trust_served.py --model {os.path.relpath(args.model, ROOT)}`.", ""]  # fmt: skip
     results_file.update(RESULTS, {"## Trust, through /predict": head + sections})
     print("\n".join(head + sections))
 
