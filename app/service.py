@@ -96,12 +96,14 @@ class InferenceService:
         return output, time.perf_counter() - started
 
     async def _decode(self, data: bytes, invert: InvertMode) -> DecodedImage:
-        if len(data) <= INLINE_DECODE_BYTES:
-            opened = open_upload(data, self.max_image_pixels)  # the header only: decoder, declared size, bombs
-            if opened.pixels <= INLINE_DECODE_PIXELS:
-                return opened.decode(invert)
-        async with self._decode_slots:
-            return await asyncio.to_thread(decode_image, data, invert=invert, max_pixels=self.max_image_pixels)
+        if len(data) > INLINE_DECODE_BYTES:  # even its header check reads every byte (PNG CRCs): all of it off the loop
+            async with self._decode_slots:
+                return await asyncio.to_thread(decode_image, data, invert=invert, max_pixels=self.max_image_pixels)
+        opened = open_upload(data, self.max_image_pixels)  # the header only: decoder, declared size, bombs
+        if opened.pixels <= INLINE_DECODE_PIXELS:
+            return opened.decode(invert)
+        async with self._decode_slots:  # a small file declaring a big image: decoded once, off the loop
+            return await asyncio.to_thread(opened.decode, invert)
 
 
 def require_service(state: Any) -> InferenceService:
