@@ -42,16 +42,15 @@ def clean_environment(**variables: str) -> dict[str, str]:
     return {**env, **{f"FASHION_{name.upper()}": value for name, value in variables.items()}}
 
 
+def start_uvicorn(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``uvicorn app.main:app`` with ``env``, to its end: each test here expects it to stop at start-up."""
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "1"]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_bad_setting_stops_startup_naming_the_variable() -> None:
     env = {**os.environ, "FASHION_MAX_UPLOAD_BYTES": "0", "FASHION_DEVICE": "gpu"}
-    result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "1"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_uvicorn(env)
     assert result.returncode != 0
     assert "FASHION_MAX_UPLOAD_BYTES: Input should be greater than or equal to 1" in result.stderr
     assert "FASHION_DEVICE" in result.stderr
@@ -61,14 +60,7 @@ def test_bad_setting_stops_startup_naming_the_variable() -> None:
 def test_typed_mistakes_stop_uvicorn_with_one_line_each() -> None:
     """What a person types: a plain origin list with a bad entry, a blank key, a misspelt name."""
     env = clean_environment(cors_origins="https://ok.example, app.example", api_key=" ", max_qeue="8")
-    result = subprocess.run(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--port", "1"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_uvicorn(env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
