@@ -52,7 +52,7 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
     check_api_key(headers, settings.api_key)
     service = require_service(state)
     options = parse_options(query_string, settings.top_k)
-    content_type = next((value for name, value in headers if name == b"content-type"), b"").decode("latin-1")
+    content_type = next((value for name, value in headers if name == b"content-type"), b"")
     uploads, batch = read_uploads(content_type, body, settings.max_images_per_request)
     result = await service.classify([upload.data for upload in uploads], options.invert, explain=options.explain)
     return PredictAnswer(encode(result, uploads, options, batch=batch), len(uploads), result.model_version)

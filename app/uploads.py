@@ -34,9 +34,9 @@ class Part:
     data: bytes
 
 
-def read_uploads(content_type: str, body: bytes, max_images: int) -> tuple[list[Upload], bool]:
-    """The uploads, and whether the client asked for a batch (field ``files``)."""
-    media_type = content_type.split(";")[0].strip().lower()
+def read_uploads(content_type: bytes, body: bytes, max_images: int) -> tuple[list[Upload], bool]:
+    """The uploads, and whether the client asked for a batch (field ``files``). ``content_type``: the raw header."""
+    media_type = content_type.split(b";")[0].strip().lower().decode("latin-1")
     if media_type == "multipart/form-data":
         return _uploads_from_parts(read_parts(content_type, body, max_files=max_images + 1), max_images)
     if media_type.startswith("image/") or media_type in RAW_BODY_TYPES:
@@ -64,9 +64,9 @@ def _uploads_from_parts(parts: list[Part], max_images: int) -> tuple[list[Upload
     return [Upload(filename=part.filename, data=part.data) for part in chosen], bool(many)
 
 
-def read_parts(content_type: str, body: bytes, max_files: int) -> list[Part]:
+def read_parts(content_type: bytes, body: bytes, max_files: int) -> list[Part]:
     """Every part of a multipart/form-data body; InvalidRequest, in words, for anything malformed."""
-    _, options = parse_options_header(content_type.encode("latin-1"))
+    _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     if not boundary:
         raise _malformed("Missing boundary in multipart.")
