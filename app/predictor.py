@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field
 
-from app.schemas import ParameterStats
 from models import (
     IMAGE_SIDE,
     Artifact,
@@ -43,6 +43,20 @@ class ModelOutput:
 
     def _fields(self) -> tuple[torch.Tensor | None, ...]:
         return self.probabilities, self.ood_score, self.in_distribution
+
+
+class ParameterStats(BaseModel):
+    """One parameter's shape and statistics, computed once at load (they are fixed once the weights are)."""
+
+    name: str = Field(examples=["linear_relu_stack.0.weight"])
+    shape: list[int] = Field(examples=[[512, 784]])
+    dtype: str = Field(examples=["float32"])
+    numel: int
+    requires_grad: bool
+    mean: float
+    std: float
+    min: float
+    max: float
 
 
 class Predictor:

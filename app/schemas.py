@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.predictor import ParameterStats
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["unsupported_media_type"])
@@ -70,20 +72,6 @@ class BatchPredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="one per uploaded image, in upload order")
     model_version: str
     inference_ms: float
-
-
-class ParameterStats(BaseModel):
-    """One parameter's shape and statistics, computed once at load (they are fixed once the weights are)."""
-
-    name: str = Field(examples=["linear_relu_stack.0.weight"])
-    shape: list[int] = Field(examples=[[512, 784]])
-    dtype: str = Field(examples=["float32"])
-    numel: int
-    requires_grad: bool
-    mean: float
-    std: float
-    min: float
-    max: float
 
 
 class ParameterInfo(ParameterStats):
