@@ -36,7 +36,7 @@ from models.artifact import METADATA_KEY, write_atomically
 STATE_FILE = "state.json"
 LOCK_FILE = ".state.lock"
 SUFFIX = ".safetensors"
-MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # the MLP's artifact is ~2.7 MB; anything near this is not ours
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # far above the MLP's artifact with its trust parts: no file of ours
 VERSION_ID = re.compile(r"[0-9a-f]{12,64}")  # what a client may name a version by: a prefix of its digest
 FILE_NAME = re.compile(r"([0-9a-f]{64})\.safetensors")
 HISTORY_LENGTH = 20  # rollbacks remembered
