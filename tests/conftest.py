@@ -21,7 +21,10 @@ from PIL import Image
 
 from app.config import Settings
 from app.main import create_app
-from models import NeuralNetwork, build_metadata, save_artifact
+from models import NeuralNetwork, TrustParts, build_metadata, save_artifact
+from training.data import Split, load_fashion_mnist, split_validation
+from training.train import TrainConfig, fit
+from training.trust import fit_trust_parts
 
 DEBIAN_DATA = Path("/usr/share/datasets/fashion-mnist")
 
@@ -167,28 +170,42 @@ def fashion_test_images() -> tuple[torch.Tensor, torch.Tensor]:
     """A few real FashionMNIST test images, read by the real loader (needs the Debian package)."""
     if not DEBIAN_DATA.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
-    from training.data import load_fashion_mnist
-
     data = load_fashion_mnist(DEBIAN_DATA)
     return data.test_images[:16], data.test_labels[:16]
 
 
 @pytest.fixture(scope="session")
-def trained_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A really trained model: the trainer's functions on a cut-down real split (two epochs: seconds), with the
-    calibration and "not a garment" detector fitted as training does, saved as the trainer saves it."""
+def real_split() -> Split:
+    """A real split, cut down so a model trains in seconds: 12,000 training and 3,000 validation images."""
     if not DEBIAN_DATA.is_dir():
         pytest.skip("dataset-fashion-mnist is not installed")
-    from training.data import Split, load_fashion_mnist, split_validation
-    from training.train import TrainConfig, fit
-    from training.trust import fit_trust_parts
-
     full = split_validation(load_fashion_mnist(DEBIAN_DATA))
-    split = Split(full.train_images[:12000], full.train_labels[:12000], full.validation_images[:3000],
-                  full.validation_labels[:3000], full.description)  # fmt: skip
+    return Split(full.train_images[:12000], full.train_labels[:12000], full.validation_images[:3000],
+                 full.validation_labels[:3000], full.description)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_model(real_split: Split) -> NeuralNetwork:
+    """The trainer's fit on the real split, two epochs: really trained (tests must not change it)."""
+    split = real_split
     config = TrainConfig(epochs=2, batch_size=256, precision="fp32")
     result = fit(split.train_images, split.train_labels, split.validation_images, split.validation_labels, config,
                  torch.device("cpu"), show_progress=False)  # fmt: skip
-    parts = fit_trust_parts(result.model, split, quick=True).parts
+    assert result.final is not None and result.final.accuracy > 0.75  # really trained, not a random model
+    return result.model.eval()
+
+
+@pytest.fixture(scope="session")
+def trust_parts(trained_model: NeuralNetwork, real_split: Split) -> TrustParts:
+    """Its calibration, "not a garment" detector and reference outputs, fitted as training does (quick clusters)."""
+    return fit_trust_parts(trained_model, real_split, quick=True).parts
+
+
+@pytest.fixture(scope="session")
+def trained_artifact(
+    tmp_path_factory: pytest.TempPathFactory, trained_model: NeuralNetwork, trust_parts: TrustParts
+) -> Path:
+    """That model and its trust parts, saved as the trainer saves them."""
     path = tmp_path_factory.mktemp("trained") / "model.safetensors"
-    return save_artifact(path, result.model, build_metadata(result.model.state_dict(), parts=parts), parts)
+    metadata = build_metadata(trained_model.state_dict(), parts=trust_parts)
+    return save_artifact(path, trained_model, metadata, trust_parts)

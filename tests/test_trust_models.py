@@ -30,39 +30,26 @@ from models import (
 )
 from models.artifact import METADATA_KEY
 from tests.conftest import DEBIAN_DATA, make_model
-from training.data import Split, load_fashion_mnist, split_validation
-from training.train import TrainConfig, fit
-from training.trust import ClusterSettings, fit_ood_detector, fit_trust_parts, outputs_of
+from training.data import Split, load_fashion_mnist
+from training.trust import ClusterSettings, fit_ood_detector, outputs_of
 
 pytestmark = pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="dataset-fashion-mnist is not installed")
 SMALL = ClusterSettings(hidden_centroids=64, pixel_centroids=64, images=4000, steps=4)
 
 
 @pytest.fixture(scope="module")
-def split() -> Split:
-    """A real split, cut down so a model trains in seconds: 8,000 training and 2,000 validation images."""
-    full = split_validation(load_fashion_mnist(DEBIAN_DATA))
-    return Split(
-        full.train_images[:8000],
-        full.train_labels[:8000],
-        full.validation_images[:2000],
-        full.validation_labels[:2000],
-        full.description,
-    )
+def split(real_split: Split) -> Split:
+    return real_split  # conftest's: one trained model for every suite that needs one
 
 
 @pytest.fixture(scope="module")
-def trained(split: Split) -> NeuralNetwork:
-    config = TrainConfig(epochs=2, batch_size=256, precision="fp32")
-    result = fit(split.train_images, split.train_labels, split.validation_images, split.validation_labels, config,
-                 torch.device("cpu"), show_progress=False)  # fmt: skip
-    assert result.final is not None and result.final.accuracy > 0.75  # really trained, not a random model
-    return result.model.eval()
+def trained(trained_model: NeuralNetwork) -> NeuralNetwork:
+    return trained_model
 
 
 @pytest.fixture(scope="module")
-def parts(trained: NeuralNetwork, split: Split) -> TrustParts:
-    return fit_trust_parts(trained, split, quick=True).parts
+def parts(trust_parts: TrustParts) -> TrustParts:
+    return trust_parts
 
 
 @pytest.fixture(scope="module")
