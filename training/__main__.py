@@ -9,10 +9,8 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
@@ -26,6 +24,7 @@ from models import (
     resolve_device,
     save_artifact,
 )
+from training.arguments import bounded
 from training.data import (
     DATA_DIR_ENV,
     DEBIAN_DATA_DIR,
@@ -59,30 +58,6 @@ DEFAULT_OUT = Path("artifacts/model.safetensors")
 DEFAULTS = TrainConfig()
 DRY_RUN_BATCHES = 5
 log = logging.getLogger("training")
-
-
-def _number(text: str, kind: type[int] | type[float]) -> int | float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
-        ) from None
-    if value != value or value in (float("inf"), float("-inf")):  # NaN or infinite
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def bounded(kind: type[int] | type[float], accepts: Callable[[float], bool], requirement: str) -> Callable[[str], Any]:
-    """An argparse type: a finite number of ``kind`` that ``accepts``, else "must be <requirement>, got ..."."""
-
-    def parse(text: str) -> int | float:
-        value = _number(text, kind)
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
-        return value
-
-    return parse
 
 
 positive_int = bounded(int, lambda value: value >= 1, "at least 1")

@@ -8,7 +8,6 @@ the compare-and-swap) are models/publishing.py's, shared with the server's admin
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 from models.publishing import DEFAULT_TOLERANCE_POINTS, publish
 from models.store import ModelStore, StoreError
 from models.validation import DEFAULT_MIN_ACCURACY
+from training.arguments import bounded
 
 MIN_ACCURACY_ENV = "FASHION_MIN_ACCURACY"  # the server's setting of the same name: one bar for both
 
@@ -41,40 +41,20 @@ def add_decision_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tolerance",
-        type=_points,
+        type=points,
         default=DEFAULT_TOLERANCE_POINTS,
         help="accuracy points the new version may lose against the serving one and still be promoted",
     )
     parser.add_argument(
         "--min-accuracy",
-        type=_accuracy,
+        type=accuracy,
         default=os.environ.get(MIN_ACCURACY_ENV, str(DEFAULT_MIN_ACCURACY)),  # a string: argparse checks it too
         help=f"a version whose recorded accuracy is below this is refused (${MIN_ACCURACY_ENV} when set)",
     )
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _points(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more accuracy points, got {text}")
-    return value
-
-
-def _accuracy(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be an accuracy from 0 to 1, got {text}")
-    return value
+points = bounded(float, lambda value: value >= 0, "0 or more accuracy points")
+accuracy = bounded(float, lambda value: 0 <= value <= 1, "an accuracy from 0 to 1")
 
 
 def publish_artifact(args: argparse.Namespace, artifact: Path) -> int:
