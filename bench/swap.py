@@ -26,16 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import update  # noqa: E402
-from models import NeuralNetwork, build_metadata, save_artifact  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
-from tests.conftest import free_port, serve_process  # noqa: E402  (the tests' one way to start a server)
+from tests.conftest import free_port, make_artifact, serve_process  # noqa: E402  (the tests' helpers)
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SAMPLES = sorted((ROOT / "app" / "static" / "samples").glob("*.png"))
@@ -48,14 +46,6 @@ class Tally:
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     versions: collections.Counter[str] = field(default_factory=collections.Counter)
     transport_errors: int = 0
-
-
-def artifact(directory: Path, seed: int, accuracy: float) -> Path:
-    torch.manual_seed(seed)
-    model = NeuralNetwork().eval()
-    path = directory / f"v{seed}.safetensors"
-    save_artifact(path, model, build_metadata(model.state_dict(), test_accuracy=accuracy))
-    return path
 
 
 @contextlib.contextmanager
@@ -127,10 +117,10 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def run(workers: int, args: argparse.Namespace, scratch: Path) -> tuple[list[str], bool]:
     store = ModelStore(scratch / f"store-{workers}")
-    good = [publish(store, artifact(scratch, seed, 0.95), promote=seed == 1).digest for seed in (1, 2)]
+    good = [publish(store, make_artifact(scratch, seed, 0.95), promote=seed == 1).digest for seed in (1, 2)]
     corrupt = scratch / "corrupt.safetensors"
     corrupt.write_bytes(store.path_of(good[0]).read_bytes()[:4000])
-    bad = [corrupt, artifact(scratch, 3, 0.5)]
+    bad = [corrupt, make_artifact(scratch, 3, 0.5)]
     with start(store.root, workers, scratch) as url:
         baseline = Tally()
         asyncio.run(load(url, args.connections, args.seconds, baseline))

@@ -34,6 +34,14 @@ def make_model(seed: int = 0) -> NeuralNetwork:
     return NeuralNetwork().eval()
 
 
+def make_artifact(directory: Path, seed: int, accuracy: float | None = 0.92) -> Path:
+    """A tiny real artifact with fixed weights and a recorded accuracy."""
+    model = make_model(seed)
+    path = directory / f"model-{seed}-{accuracy}.safetensors"
+    save_artifact(path, model, build_metadata(model.state_dict(), test_accuracy=accuracy))
+    return path
+
+
 @pytest.fixture(scope="session")
 def model() -> NeuralNetwork:
     return make_model()

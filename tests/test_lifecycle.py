@@ -18,8 +18,7 @@ from pydantic import SecretStr
 from app.config import Settings
 from models.publishing import publish
 from models.store import ModelStore, StoreState, activated
-from tests.conftest import garment, image_bytes, run_server
-from tests.test_store import make_artifact
+from tests.conftest import garment, image_bytes, make_artifact, run_server
 
 ADMIN = "admin-key-for-tests"
 PNG = image_bytes(garment(), "PNG")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.store import ModelStore, file_digest
-from tests.test_store import make_artifact
+from tests.conftest import make_artifact
 from training.__main__ import main
 from training.publish import main as publish_main
 

@@ -17,17 +17,9 @@ from models import NeuralNetwork, ReferenceOutputs, Scorer, TrustParts, build_me
 from models.publishing import publish
 from models.store import MAX_ARTIFACT_BYTES, ModelStore, StaleState, StoreError, VersionNotFound, file_digest
 from models.validation import Refused, validate_version
+from tests.conftest import make_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_artifact(directory: Path, seed: int, accuracy: float | None = 0.92) -> Path:
-    """A tiny real artifact with fixed weights and a recorded accuracy."""
-    torch.manual_seed(seed)
-    model = NeuralNetwork().eval()
-    path = directory / f"model-{seed}-{accuracy}.safetensors"
-    save_artifact(path, model, build_metadata(model.state_dict(), test_accuracy=accuracy))
-    return path
 
 
 @pytest.fixture
