@@ -91,6 +91,8 @@ def base_url(artifact_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
+    # A prediction with explain=true on a loaded CI machine can outlast playwright's default 5 s.
+    expect.set_options(timeout=20_000)
     with sync_playwright() as driver:
         yield driver
 
@@ -207,6 +209,8 @@ def test_draw_stroke_then_predict_sends_the_drawing(open_page: Callable[..., Pag
     page.mouse.up()
     expect(page.locator("#source")).to_have_text("Will predict: your drawing")
     page.get_by_role("button", name="Predict").click()
+    # Waiting on the message names what went wrong (an error body, a slow machine) where a bar count would not.
+    expect(page.locator("#message")).to_have_text(re.compile(r"^Predicted "))
     expect(page.locator("#bars > li")).to_have_count(10)
     width, height, bright = bright_pixels_seen(page)
     # The stroke reached the model: a black canvas would give 0 light pixels of 784.
