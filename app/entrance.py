@@ -9,8 +9,7 @@ ways). The route stays what OpenAPI documents, and what serves when the entrance
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -19,6 +18,7 @@ from app.http_errors import error_response
 from app.rest import MODEL_VERSION_HEADER, answer_predict
 
 PATH = "/predict"
+MODEL_VERSION_HEADER_RAW = MODEL_VERSION_HEADER.lower().encode()
 
 
 class PredictEntrance:
@@ -31,14 +31,31 @@ class PredictEntrance:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route
-        response: Response
         try:
-            body = await Request(scope, receive).body()
+            body = await read_body(receive)
             answer = await answer_predict(scope["app"].state, scope["headers"], scope["query_string"], body)
         except ServiceError as exc:  # anything else goes up to RequestContextMiddleware, as from the route
-            response = error_response(exc, scope)
-        else:
-            scope.setdefault("state", {})["images"] = answer.images
-            headers = {MODEL_VERSION_HEADER: answer.model_version}
-            response = Response(answer.payload, media_type="application/json", headers=headers)
-        await response(scope, receive, send)
+            await error_response(exc, scope)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["images"] = answer.images
+        # The two messages Starlette's Response(payload, media_type="application/json", headers=...) sends for the
+        # route, header for header, without building one per request.
+        headers = [
+            (MODEL_VERSION_HEADER_RAW, answer.model_version.encode()),
+            (b"content-length", str(len(answer.payload)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.payload})
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body, as Starlette's Request.body() reads it; ClientDisconnect when the client left."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)

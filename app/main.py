@@ -13,6 +13,7 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from PIL import Image
 
 from app.config import Settings, get_settings
@@ -30,6 +31,7 @@ from models.store import ModelStore
 
 log = logging.getLogger("app")
 VERSION = "0.1.0"
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 @asynccontextmanager
@@ -111,6 +113,9 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
         lifespan=lifespan,
         docs_url=None,  # app/routes/docs.py serves /docs without a CDN; ReDoc, CDN-only, is off
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks ask the global providers on every request, which costs CPU per request
+        # for a tracer nobody configured; /metrics is ours (app/metrics.py).
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.service = None

@@ -40,7 +40,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
-INTENSITY_SCALE = 255 * 28 * 28  # a pixel sum to a mean in 0..1
 MetricT = TypeVar("MetricT", Counter, Histogram, Gauge)
 GaugeMerge = Literal[
     "livesum", "livemax", "livemin", "liveall", "livemostrecent", "sum", "max", "min", "all", "mostrecent"
@@ -119,16 +118,16 @@ class Metrics:
         )
 
     def observe_predictions(self, result: Classified) -> None:
-        """Per image: its class, confidence and intensity; in two tensor ops, as most requests hold one image."""
-        confidence, best = result.output.probabilities.max(dim=1)
-        for index, value in zip(best.tolist(), confidence.tolist(), strict=True):
+        """Per image: its class, confidence and intensity, from the lists the model's thread made (no torch here)."""
+        output = result.output
+        for row, index, intensity in zip(output.probabilities, output.best(), output.mean_intensity, strict=True):
             self.labelled(self.predicted_class, result.class_names[index]).inc()
-            self.confidence.observe(value)
-        for total in result.pixels.view(len(result.pixels), -1).sum(dim=1).tolist():
-            self.input_intensity.observe(total / INTENSITY_SCALE)
-        self.inverted.inc(sum(result.inverted))
-        if result.output.in_distribution is not None:
-            self.out_of_distribution.inc(int((~result.output.in_distribution).sum()))
+            self.confidence.observe(row[index])
+            self.input_intensity.observe(intensity)
+        if any(result.inverted):
+            self.inverted.inc(sum(result.inverted))
+        if output.in_distribution is not None and not all(output.in_distribution):
+            self.out_of_distribution.inc(output.in_distribution.count(False))
 
     def labelled(self, metric: MetricT, *values: str) -> MetricT:
         """``metric.labels(*values)``, remembered: prometheus-client takes a lock and builds a key on every call."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -138,7 +138,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         offered = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = offered if REQUEST_ID_PATTERN.fullmatch(offered) else uuid.uuid4().hex[:16]
+        request_id = offered if REQUEST_ID_PATTERN.fullmatch(offered) else os.urandom(8).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 0  # no response started yet
         started = time.perf_counter()

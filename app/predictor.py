@@ -25,24 +25,44 @@ from models import (
 )
 from models.validation import Refused, check_reproduces
 
+INTENSITY_SCALE = 255 * IMAGE_SIDE * IMAGE_SIDE  # an image's pixel sum to its mean in 0..1
+
 
 @dataclass(frozen=True, slots=True)
 class ModelOutput:
-    """What one forward pass gives for N images; the batcher splits it back into each request's rows."""
+    """What one forward pass says of N images, as Python values; the batcher splits it into each request's rows.
 
-    probabilities: torch.Tensor  # float32 (N, 10) softmax (calibrated when the artifact is), on the CPU
-    ood_score: torch.Tensor | None = None  # float32 (N,): higher is less like the training data
-    in_distribution: torch.Tensor | None = None  # bool (N,): ood_score within the artifact's threshold
+    The tensors become lists once per batch, on the model's thread: each request then slices lists, and nothing on
+    the event loop calls into torch per request (a call there costs more than what the request does with it).
+    """
+
+    probabilities: list[list[float]]  # (N, 10) softmax, calibrated when the artifact is
+    mean_intensity: list[float]  # each image's mean pixel (0 to 1) as the model saw it: the drift gauges' input
+    ood_score: list[float] | None = None  # higher is less like the training data
+    in_distribution: list[bool] | None = None  # ood_score within the artifact's threshold
 
     def __len__(self) -> int:
         return len(self.probabilities)
 
-    def split(self, sizes: list[int]) -> list[ModelOutput]:
-        parts = [torch.split(t, sizes) if t is not None else [None] * len(sizes) for t in self._fields()]
-        return [ModelOutput(*fields) for fields in zip(*parts, strict=True)]
+    def best(self) -> list[int]:
+        """Each image's predicted class index: the first of equal maxima, as torch's argmax."""
+        return [row.index(max(row)) for row in self.probabilities]
 
-    def _fields(self) -> tuple[torch.Tensor | None, ...]:
-        return self.probabilities, self.ood_score, self.in_distribution
+    def split(self, sizes: list[int]) -> list[ModelOutput]:
+        parts = []
+        start = 0
+        for size in sizes:
+            end = start + size
+            parts.append(
+                ModelOutput(
+                    self.probabilities[start:end],
+                    self.mean_intensity[start:end],
+                    self.ood_score[start:end] if self.ood_score is not None else None,
+                    self.in_distribution[start:end] if self.in_distribution is not None else None,
+                )
+            )
+            start = end
+        return parts
 
 
 class ParameterStats(BaseModel):
@@ -127,7 +147,13 @@ class Predictor:
     def predict(self, pixels: torch.Tensor) -> ModelOutput:
         """uint8 (N, 28, 28) -> probabilities (calibrated when the artifact is) and, with a detector, OOD scores."""
         scores = self.scorer.score(pixels)
-        return ModelOutput(scores.probabilities, scores.ood_score, scores.in_distribution)
+        pixel_sums = pixels.view(len(pixels), -1).sum(dim=1, dtype=torch.int64)
+        return ModelOutput(
+            scores.probabilities.tolist(),
+            [total / INTENSITY_SCALE for total in pixel_sums.tolist()],
+            scores.ood_score.tolist() if scores.ood_score is not None else None,
+            scores.in_distribution.tolist() if scores.in_distribution is not None else None,
+        )
 
     def explain(self, pixels: torch.Tensor) -> Explanation:
         """DeepLIFT maps for the predicted classes (calibration never changes which class that is)."""

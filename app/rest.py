@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -23,6 +24,7 @@ from app.uploads import Upload, read_uploads
 
 TRUE_WORDS = ("true", "1", "yes", "on", "t", "y")
 FALSE_WORDS = ("false", "0", "no", "off", "f", "n")
+INVERT_MODES = frozenset(mode.value for mode in InvertMode)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,11 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
 
 def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
     """invert, top_k, return_input and explain from the query string (the last of a repeated one); others ignored."""
-    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
+    if not query_string:  # most requests: the defaults, made once
+        return _default_options(default_top_k)
+    query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
     invert = query.get("invert", InvertMode.AUTO.value)
-    if invert not in InvertMode.__members__.values():
+    if invert not in INVERT_MODES:
         raise InvalidParameter(f"query.invert: must be one of auto, true, false, not {invert!r:.40}")
     top_k = query.get("top_k", str(default_top_k))
     if not (top_k.isascii() and top_k.isdigit() and 1 <= int(top_k) <= 10):
@@ -73,6 +77,11 @@ def parse_options(query_string: bytes, default_top_k: int) -> PredictOptions:
         _boolean("return_input", query.get("return_input", "false")),
         _boolean("explain", query.get("explain", "false")),
     )
+
+
+@cache
+def _default_options(default_top_k: int) -> PredictOptions:
+    return PredictOptions(InvertMode.AUTO, default_top_k, return_input=False, explain=False)
 
 
 def _boolean(name: str, value: str) -> bool:
@@ -89,7 +98,7 @@ def encode(result: Classified, uploads: list[Upload], options: PredictOptions, *
     The values are ours, already typed, so validating them again through pydantic would only cost time; tests
     check the bodies against the schemas instead.
     """
-    rows: list[list[float]] = result.output.probabilities.tolist()  # one call, instead of a tensor op per image
+    rows = result.output.probabilities
     ood = _scores(result)
     predictions = [
         _prediction(result, index, upload.filename, row, options) | ood[index]
@@ -126,8 +135,8 @@ def _prediction(
 def _scores(result: Classified) -> list[dict[str, Any]]:
     """Per image: ``ood_score`` and ``in_distribution`` (null without a detector), ``explanation`` when asked."""
     output, count = result.output, len(result.output)
-    ood_scores = output.ood_score.tolist() if output.ood_score is not None else [None] * count
-    flags = output.in_distribution.tolist() if output.in_distribution is not None else [None] * count
+    ood_scores = output.ood_score if output.ood_score is not None else [None] * count
+    flags = output.in_distribution if output.in_distribution is not None else [None] * count
     explanations = _explanations(result) if result.explanation is not None else [None] * count
     return [
         {"ood_score": score, "in_distribution": flag, "explanation": explanation}

@@ -245,13 +245,13 @@ def _output_tensors(result: Classified) -> dict[str, tuple[str, list[int], list[
     """Each output: datatype, shape, values, and the array module's typecode for the binary form."""
     output = result.output
     count = len(output)
-    tensors = {
-        PROBABILITIES_OUTPUT: ("FP32", [count, NUM_CLASSES], output.probabilities.flatten().tolist(), "f"),
-        CLASS_OUTPUT: ("INT64", [count], output.probabilities.argmax(dim=1).tolist(), "q"),
+    tensors: dict[str, tuple[str, list[int], list[Any], str]] = {
+        PROBABILITIES_OUTPUT: ("FP32", [count, NUM_CLASSES], [p for row in output.probabilities for p in row], "f"),
+        CLASS_OUTPUT: ("INT64", [count], output.best(), "q"),
     }
     if output.ood_score is not None and output.in_distribution is not None:
-        tensors[OOD_OUTPUT] = ("FP32", [count], output.ood_score.tolist(), "f")
-        tensors[IN_DISTRIBUTION_OUTPUT] = ("BOOL", [count], output.in_distribution.tolist(), "B")  # a byte each
+        tensors[OOD_OUTPUT] = ("FP32", [count], output.ood_score, "f")
+        tensors[IN_DISTRIBUTION_OUTPUT] = ("BOOL", [count], output.in_distribution, "B")  # a byte each
     return tensors
 
 
