@@ -42,7 +42,7 @@ class Batcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: Callable[[int, float, list[float]], None] | None = None,
+        on_batch: Callable[[ModelOutput, float, list[float]], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_batch_size = max_batch_size
@@ -129,7 +129,7 @@ class Batcher:
         seconds = time.perf_counter() - started
         assert len(output) == len(pixels), "a batch must yield one output per input"
         if self._on_batch is not None:
-            self._on_batch(len(pixels), seconds, [started - job.queued_at for job in jobs])
+            self._on_batch(output, seconds, [started - job.queued_at for job in jobs])
         parts = [output] if len(jobs) == 1 else output.split([len(job.pixels) for job in jobs])
         for job, part in zip(jobs, parts, strict=True):
             if not job.future.done():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any
@@ -33,13 +34,14 @@ log = logging.getLogger("app.lifecycle")
 def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) -> InferenceService:
     """A service around ``predictor`` with its own batcher (started) when batching is on, reporting to ``metrics``."""
     batcher = None
+    observe_forward = functools.partial(metrics.observe_forward, predictor.class_names)
     if settings.batching:
         batcher = Batcher(
             predictor.predict,
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_batch_wait_ms / 1000,
             max_queue=settings.max_queue,
-            on_batch=metrics.observe_batch,
+            on_batch=observe_forward,
         )
         batcher.start()
         metrics.watch_queue(batcher)
@@ -48,7 +50,8 @@ def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) ->
         batcher,
         settings.max_image_pixels,
         decode_concurrency=settings.decode_concurrency,
-        on_classified=metrics.observe_predictions,
+        on_classified=metrics.observe_request,
+        on_forward=None if batcher is not None else observe_forward,
     )
 
 

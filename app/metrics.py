@@ -13,9 +13,11 @@ forgetting dead workers); Info and Enum cannot merge at all, so "which model" is
 
 from __future__ import annotations
 
+import bisect
+import collections
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
@@ -31,6 +33,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
+    from app.predictor import ModelOutput
     from app.service import Classified
 
 # A `_created` timestamp beside every series doubles what a scraper stores and no dashboard reads it.
@@ -117,17 +120,10 @@ class Metrics:
             merge="livemax",
         )
 
-    def observe_predictions(self, result: Classified) -> None:
-        """Per image: its class, confidence and intensity, from the lists the model's thread made (no torch here)."""
-        output = result.output
-        for row, index, intensity in zip(output.probabilities, output.best(), output.mean_intensity, strict=True):
-            self.labelled(self.predicted_class, result.class_names[index]).inc()
-            self.confidence.observe(row[index])
-            self.input_intensity.observe(intensity)
+    def observe_request(self, result: Classified) -> None:
+        """What only the request knows of its images: how many were inverted to light-on-dark."""
         if any(result.inverted):
             self.inverted.inc(sum(result.inverted))
-        if output.in_distribution is not None and not all(output.in_distribution):
-            self.out_of_distribution.inc(output.in_distribution.count(False))
 
     def labelled(self, metric: MetricT, *values: str) -> MetricT:
         """``metric.labels(*values)``, remembered: prometheus-client takes a lock and builds a key on every call."""
@@ -158,12 +154,26 @@ class Metrics:
         """Read this worker's queued images from ``queue`` after every batch and at every scrape."""
         self._queue = queue
 
-    def observe_batch(self, size: int, seconds: float, waits: Iterable[float] = ()) -> None:
+    def observe_forward(
+        self, class_names: Sequence[str], output: ModelOutput, seconds: float, waits: list[float]
+    ) -> None:
+        """One forward pass: its size and time, its requests' queue waits, and what it said (the drift gauges).
+
+        Once per batch rather than per request or image: in multiprocess mode every write is an mmap update under
+        a lock, so a batch's images are counted together (``observe_all``), one write per class and bucket.
+        """
+        size = len(output)
         self.batch_size.observe(size)
         self.model_seconds.observe(seconds)
         self.images.inc(size)
-        for wait in waits:
-            self.queue_wait.observe(wait)
+        observe_all(self.queue_wait, waits)
+        best = output.best()
+        for index, count in collections.Counter(best).items():
+            self.labelled(self.predicted_class, class_names[index]).inc(count)
+        observe_all(self.confidence, [row[index] for row, index in zip(output.probabilities, best, strict=True)])
+        observe_all(self.input_intensity, output.mean_intensity)
+        if output.in_distribution is not None and not all(output.in_distribution):
+            self.out_of_distribution.inc(output.in_distribution.count(False))
         self._update_queue_depth()
 
     def render(self) -> bytes:
@@ -181,6 +191,24 @@ class Metrics:
         # value would otherwise add up other workers' figures from their own last scrape.
         if self._queue is not None:
             self.queue_depth.set(self._queue.queued_images)
+
+
+def observe_all(metric: Histogram | Summary, values: Sequence[float]) -> None:
+    """``metric.observe(value)`` for every value, in one write to the sum and one per bucket (or count) touched.
+
+    prometheus-client has no bulk observe; this updates the same value objects its ``observe`` does
+    (tests/test_metrics.py checks the exposition is the one observe() would give).
+    """
+    if not values:
+        return
+    metric._sum.inc(sum(values))
+    if isinstance(metric, Summary):
+        metric._count.inc(len(values))
+        return
+    bounds = metric._upper_bounds
+    counts = collections.Counter(bisect.bisect_left(bounds, value) for value in values if value == value)  # not NaN
+    for bucket, count in counts.items():
+        metric._buckets[bucket].inc(count)
 
 
 def _multiprocess_directory() -> Path | None:

@@ -46,9 +46,11 @@ class InferenceService:
         max_image_pixels: int,
         decode_concurrency: int = 2,
         on_classified: Callable[[Classified], None] | None = None,
+        on_forward: Callable[[ModelOutput, float, list[float]], None] | None = None,
     ) -> None:
         self.predictor = predictor
-        self.on_classified = on_classified  # the drift metrics: what every request's images looked like
+        self.on_classified = on_classified  # per request: what only the request knows (inverted images)
+        self.on_forward = on_forward  # per forward pass without a batcher (the batcher reports its own)
         self.batcher = batcher
         self.max_image_pixels = max_image_pixels
         # Each off-loop decode holds a whole decoded image (up to ~15 bytes a declared pixel): bound how many.
@@ -93,7 +95,10 @@ class InferenceService:
             return await self.batcher.submit(pixels)
         started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps
         output = await asyncio.to_thread(self.predictor.predict, pixels)
-        return output, time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        if self.on_forward is not None:
+            self.on_forward(output, seconds, [])
+        return output, seconds
 
     async def _decode(self, data: bytes, invert: InvertMode) -> DecodedImage:
         if len(data) > INLINE_DECODE_BYTES:  # even its header check reads every byte (PNG CRCs): all of it off the loop

@@ -144,7 +144,8 @@ def test_batching_off_serves_each_request_on_its_own(
         responses = list(pool.map(lambda i: predict(client, name=f"{i}.png"), range(8)))
     assert [r.status_code for r in responses] == [200] * 8
     assert sorted(r.json()["filename"] for r in responses) == sorted(f"{i}.png" for i in range(8))
-    assert sample(client, "fashion_batch_size_count") == 0
+    # Eight forward passes of one image each: nothing was batched together.
+    assert (sample(client, "fashion_batch_size_count"), sample(client, "fashion_batch_size_sum")) == (8, 8)
     many = client.post("/predict", files=[("files", (f"{i}.png", PNG, "image/png")) for i in range(3)])
     assert [p["filename"] for p in many.json()["predictions"]] == ["0.png", "1.png", "2.png"]
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import Counter, Enum, Gauge, Histogram, Info, Summary
 
-from app.metrics import Metrics
+from app.metrics import Metrics, observe_all
+from app.predictor import ModelOutput
+from models import CLASS_NAMES
 
 
 def test_every_metric_can_merge_across_workers() -> None:
@@ -37,6 +40,21 @@ def test_queue_depth_is_read_after_every_batch() -> None:
 
     metrics = Metrics()
     metrics.watch_queue(Queue())
-    metrics.observe_batch(4, 0.001, [0.0005] * 4)
+    output = ModelOutput([[0.1] * 10] * 4, [0.5] * 4)
+    metrics.observe_forward(CLASS_NAMES, output, 0.001, [0.0005] * 4)
     assert metrics.queue_depth._value.get() == 7
     assert "fashion_queue_images 7.0" in metrics.render().decode()
+
+
+@pytest.mark.parametrize("kind", ["histogram", "summary"])
+def test_observe_all_writes_what_observe_would(kind: str) -> None:
+    """Bulk observation writes prometheus-client's own value objects: the exposition must be observe()'s, exactly."""
+    values = [0.0, 0.2, 0.2000001, 0.5, 0.99, 0.995, 1.0, 7.0, 0.3, 0.3]  # edges, ties, beyond the last bucket
+    one_by_one, bulk = Metrics(), Metrics()
+    for value in values:
+        (one_by_one.confidence if kind == "histogram" else one_by_one.input_intensity).observe(value)
+    observe_all(bulk.confidence if kind == "histogram" else bulk.input_intensity, values)
+    name = "fashion_prediction_confidence" if kind == "histogram" else "fashion_input_intensity"
+    expected = [line for line in one_by_one.render().decode().splitlines() if line.startswith(name)]
+    assert len(expected) == (2 + 11 if kind == "histogram" else 2)  # sum, count and the histogram's 11 buckets
+    assert [line for line in bulk.render().decode().splitlines() if line.startswith(name)] == expected
