@@ -5,10 +5,11 @@
 
 bench/run.py's requests per second move with whatever else the machine runs; CPU time spent per request moves far
 less. Each checkout's app (``app.main.create_app``, as that checkout has it) is driven in its own process, pinned
-to one core, through ASGI with no sockets: the workloads' real multipart bodies (bench/workloads.py), so many
-requests at once (64 for ``small``, 16 for the photos, as the acceptance cells), each answered 200. What is
-counted is the process's CPU time (all threads: the model runs on its own) per request, from the middleware to the
-JSON body; HTTP parsing by uvicorn is not in it. Checkouts alternate round by round; each figure is the median.
+to one core, with its metrics in multiprocess files as the image keeps them, through ASGI with no sockets: the
+workloads' real multipart bodies (bench/workloads.py), so many requests at once (64 for ``small``, 16 for the
+photos, as the acceptance cells), each answered 200. What is counted is the process's CPU time (all threads: the
+model runs on its own) per request, from the middleware to the JSON body; HTTP parsing by uvicorn is not in it.
+Checkouts alternate round by round; each figure is the median.
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def run_child(checkout: Path, args: argparse.Namespace, workload: str, entrance:
     command = ["taskset", "-c", str(args.core), sys.executable, str(Path(__file__).resolve()), "--child", workload]
     command += ["--model", str(args.model.resolve()), "--requests", str(REQUESTS[workload] * args.scale)]
     command += [] if entrance else ["--no-entrance"]
-    done = subprocess.run(command, cwd=checkout, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="fashion-cpu-metrics-") as metrics:  # as the image and bench/run.py run it
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics}
+        done = subprocess.run(command, cwd=checkout, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{checkout} {workload} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return float(json.loads(done.stdout.strip().splitlines()[-1])["cpu_us"])
