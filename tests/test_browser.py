@@ -549,6 +549,31 @@ def test_models_view_without_or_with_a_wrong_key_changes_nothing(
     screenshot(page, "models-refused")
 
 
+def test_models_view_lists_with_the_api_key_and_changes_with_the_admin_key(
+    open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    """Both keys set: the list takes the API key (from the header's panel), a change the admin key alone."""
+    with serve_store(tmp_path, api_key=SecretStr(API_KEY), admin_key=SecretStr(ADMIN_KEY)) as server:
+        page = open_page(server.url)
+        page.get_by_role("link", name="Models").click()
+        expect(page.locator("#models-message")).to_contain_text("API key needed")
+        api_key = page.get_by_label("API key, only if the server asks for one")
+        expect(api_key).to_be_focused()
+        api_key.fill(API_KEY)
+        page.get_by_role("button", name="Refresh").click()
+        expect(page.locator("#versions tbody tr")).to_have_count(3)
+        page.get_by_label("Admin key").fill(ADMIN_KEY)
+        page.get_by_label("Version to change").select_option(server.other[:12])
+        page.get_by_role("button", name="Activate").click()
+        expect(page.locator("#change-message")).to_have_text(
+            f"{server.other[:12]} serves now (was {server.serving[:12]})."
+        )
+        expect(version_row(page, server.other)).to_have_attribute("aria-current", "true")
+        assert server.store.read_state().serving == server.other
+        stored = stored_anywhere(page)
+        assert API_KEY in stored and ADMIN_KEY not in stored  # the API key is kept for the tab, as documented
+
+
 def test_models_view_says_changes_are_off_without_a_server_admin_key(
     open_page: Callable[..., Page], tmp_path: Path
 ) -> None:
@@ -576,7 +601,7 @@ def test_models_view_names_what_the_store_names_when_this_worker_serves_another(
         time.sleep(0.05)
     page.get_by_role("button", name="Refresh").click()
     note = page.locator("#models-note")
-    expect(note).to_contain_text(f"Not what the store names: the state names {store_server.weak[:12]}")
+    expect(note).to_contain_text(f"The state names {store_server.weak[:12]}, which this worker refused")
     expect(note).to_contain_text(f"serving {store_server.serving[:12]}, the last good version")
     expect(page.locator("#models-summary")).to_contain_text(f"The store names{store_server.weak[:12]}")
     expect_serving(page, store_server, store_server.serving)

@@ -51,7 +51,8 @@ const modelsView = (() => {
     showSummary(body);
     const note = $("models-note");
     note.hidden = !body.note;
-    note.textContent = body.note ? `Not what the store names: ${body.note}.` : "";
+    // The server's sentence says what this worker serves instead, and why; it starts in lower case.
+    note.textContent = body.note ? `${body.note.charAt(0).toUpperCase()}${body.note.slice(1)}.` : "";
     const versions = [...body.versions].sort(newestFirst);
     const table = $("versions");
     table.querySelector("tbody").replaceChildren(...versions.map((version) => versionRow(version, body)));
@@ -75,7 +76,7 @@ const modelsView = (() => {
   function showSummary(body) {
     const facts = [["Serving", body.serving || "none"]];
     if (body.state_serving !== body.serving) facts.push(["The store names", body.state_serving || "none"]);
-    facts.push(["Last good", body.last_good || "none"], ["Changes so far", String(body.generation)]);
+    facts.push(["Last good", body.last_good || "none"], ["State generation", String(body.generation)]);
     if (body.shadow) facts.push(["Shadow", `${body.shadow.version} at ${percentText(body.shadow.percent)}`, shadowDetail(body.shadow)]);
     if (body.canary) {
       const answered = `${count(body.canary.answered)} answered here`;
