@@ -166,12 +166,15 @@ const modelsView = (() => {
     return td;
   }
 
-  // Every version but the serving one can be chosen; a refused one may be tried again (the server revalidates).
+  // Every version but the serving one can be chosen; a refused one may be tried again (the server revalidates),
+  // so it is listed, last.
   function showChoices(versions) {
     const select = $("change-version");
     const chosen = select.value;
+    const refusedLast = (a, b) => (a.state === "refused") - (b.state === "refused");
     const options = versions
       .filter((version) => version.state !== "serving")
+      .sort(refusedLast)
       .map((version) => {
         const option = document.createElement("option");
         option.value = version.version;
