@@ -6,24 +6,31 @@ person to look at. Needs /usr/bin/chromium (`apt-get install chromium`; .ci/run 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 import uvicorn
 from PIL import Image
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, Playwright, Route, expect, sync_playwright
+from pydantic import SecretStr
 
 from app.config import Settings
 from app.main import create_app
 from models import CLASS_NAMES
+from models.publishing import publish
+from models.store import ModelStore, activated
+from tests.conftest import make_artifact
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +48,8 @@ CHROMIUM_ARGS = [
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 UPLOAD_LIMIT = 256 * 1024  # far above a sample or a drawing, far below the noise image of the 413 test
 API_KEY = "browser-test-key"
+ADMIN_KEY = "browser-admin-key"
+SAMPLE_BAG = (SAMPLES / "8-bag.png").read_bytes()
 
 pytestmark = [
     pytest.mark.browser,
@@ -386,3 +395,321 @@ def test_explanation_overlays_the_input_and_a_non_garment_is_warned_about(
         expect(page.locator("#not-garment")).to_be_visible()
         expect(page.locator("#not-garment")).to_contain_text("may not be a garment")
         screenshot(page, "not-a-garment")
+
+
+# ---- the Models view: a model store behind the page --------------------------------------------------------
+
+
+@dataclass
+class StoreServer:
+    url: str
+    store: ModelStore
+    serving: str  # full digests: serving at the start
+    other: str  # valid, available
+    weak: str  # its recorded accuracy is below the minimum: refused at publishing
+
+    def models(self) -> dict[str, Any]:
+        """GET /models as the API answers it, for the test to check the page against."""
+        response = httpx.get(self.url + "/models")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+@contextmanager
+def serve_store(tmp_path: Path, **overrides: object) -> Iterator[StoreServer]:
+    """A store with two valid versions (the first serving) and a refused one, served in a real uvicorn."""
+    store = ModelStore(tmp_path / "store")
+    serving = publish(store, make_artifact(tmp_path, 1, accuracy=0.93)).digest
+    other = publish(store, make_artifact(tmp_path, 2, accuracy=0.91), promote=False).digest
+    weak = publish(store, make_artifact(tmp_path, 3, accuracy=0.5)).digest
+    assert store.read_state().serving == serving and weak in store.read_state().refused
+    values: dict[str, object] = {"model_store": store.root, "model_poll_s": 0.05, "device": "cpu"}
+    values["log_level"] = "warning"
+    with serve(Settings(**(values | overrides))) as url:  # type: ignore[arg-type]
+        yield StoreServer(url, store, serving, other, weak)
+
+
+@pytest.fixture
+def store_server(tmp_path: Path) -> Iterator[StoreServer]:
+    with serve_store(tmp_path, admin_key=SecretStr(ADMIN_KEY)) as server:
+        yield server
+
+
+def open_models(open_page: Callable[..., Page], url: str, viewport: str = "desktop") -> Page:
+    page = open_page(url, viewport)
+    page.get_by_role("link", name="Models").click()
+    expect(page.get_by_role("heading", name="Model versions")).to_be_focused()
+    return page
+
+
+def version_row(page: Page, version: str) -> Locator:
+    return page.locator(f'#versions tbody tr[data-version="{version[:12]}"]')
+
+
+def expect_serving(page: Page, server: StoreServer, version: str) -> None:
+    """The page marks ``version`` as the serving one, and so does the API."""
+    expect(page.locator('#versions tr[aria-current="true"]')).to_have_count(1)
+    expect(version_row(page, version)).to_have_attribute("aria-current", "true")
+    expect(version_row(page, version).locator(".state")).to_have_text("serving")
+    assert server.models()["serving"] == version[:12]
+
+
+def stored_anywhere(page: Page) -> str:
+    """Everything the page could have kept beyond its memory: storage, cookies and its URL."""
+    script = "JSON.stringify([{...localStorage}, {...sessionStorage}, document.cookie, location.href, history.state])"
+    return str(page.evaluate(script))
+
+
+@pytest.mark.parametrize("viewport", VIEWPORTS)
+def test_models_view_lists_versions_and_marks_the_serving_one(
+    open_page: Callable[..., Page], store_server: StoreServer, viewport: str
+) -> None:
+    page = open_models(open_page, store_server.url, viewport)
+    expect(page.get_by_role("link", name="Models")).to_have_attribute("aria-current", "page")
+    expect(page.locator("#versions tbody tr")).to_have_count(3)
+    expect_serving(page, store_server, store_server.serving)
+    expect(version_row(page, store_server.serving).locator("td").nth(1)).to_have_text("93.00%")
+    expect(version_row(page, store_server.other).locator(".state")).to_have_text("available")
+    expect(version_row(page, store_server.other).locator("td").nth(1)).to_have_text("91.00%")
+    expect(version_row(page, store_server.other).locator("td").nth(2)).to_have_text(re.compile(r"^\d{4}-\d\d-\d\d "))
+    weak = version_row(page, store_server.weak)
+    expect(weak.locator(".state")).to_have_text("refused")
+    expect(weak.locator("td.reason")).to_have_text("its recorded accuracy 0.5000 is below the minimum 0.9000")
+    expect(page.locator("#models-summary")).to_contain_text(f"Serving{store_server.serving[:12]}")
+    expect(page.locator("#models-message")).to_contain_text("3 versions in the store")
+    # The choice offers every version but the serving one, a valid one first, the refused one last.
+    expect(page.locator("#change-version option")).to_have_text(
+        [f"{store_server.other[:12]} (available)", f"{store_server.weak[:12]} (refused)"]
+    )
+    # The shadow and canary controls show exactly when the server reports those roles (null when off).
+    traffic_controls = page.get_by_role("button", name=re.compile(r"^Start (shadow|canary)$"))
+    expect(traffic_controls).to_have_count(2 if "shadow" in store_server.models() else 0)
+    expect(page.locator("#view-try")).to_be_hidden()
+    screenshot(page, "models", viewport)
+    focused = []
+    for _ in range(12):  # from the focused heading: every control of the view, in order (percent when shown)
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id"))
+    controls = ["models-refresh", "versions-region", "admin-key", "forget-admin-key", "change-version", "activate"]
+    controls.append("rollback")
+    assert [control for control in focused if control in controls] == controls
+
+
+def test_models_view_activates_and_rolls_back_with_the_admin_key(
+    open_page: Callable[..., Page], store_server: StoreServer
+) -> None:
+    page = open_models(open_page, store_server.url)
+    page.get_by_label("Admin key").fill(ADMIN_KEY)
+    page.get_by_label("Version to change").select_option(store_server.other[:12])
+    page.get_by_role("button", name="Activate").click()
+    message = page.locator("#change-message")
+    expect(message).to_have_text(f"{store_server.other[:12]} serves now (was {store_server.serving[:12]}).")
+    expect(message).to_have_attribute("data-kind", "ok")
+    expect_serving(page, store_server, store_server.other)
+    expect(page.locator("#server-status")).to_contain_text(f"Model ready · {store_server.other[:12]}")
+    expect(page.locator("#rollback-hint")).to_have_text(f"to {store_server.serving[:12]}, which served before")
+    screenshot(page, "models-activated")
+    page.get_by_role("button", name="Roll back").click()
+    expect(message).to_have_text(
+        f"Rolled back: {store_server.serving[:12]} serves again (was {store_server.other[:12]})."
+    )
+    expect_serving(page, store_server, store_server.serving)
+    assert ADMIN_KEY not in stored_anywhere(page)
+    page.get_by_role("button", name="Forget key").click()
+    expect(page.get_by_label("Admin key")).to_have_value("")
+    page.get_by_role("button", name="Activate").click()
+    expect(message).to_contain_text("Enter the admin key first")
+    assert store_server.models()["serving"] == store_server.serving[:12]
+
+
+def test_models_view_without_or_with_a_wrong_key_changes_nothing(
+    open_page: Callable[..., Page], store_server: StoreServer
+) -> None:
+    generation = store_server.store.read_state().generation
+    page = open_models(open_page, store_server.url)
+    page.get_by_label("Version to change").select_option(store_server.other[:12])
+    page.get_by_role("button", name="Activate").click()
+    message = page.locator("#change-message")
+    expect(message).to_have_text("Enter the admin key first: changes need the server's FASHION_ADMIN_KEY.")
+    expect(message).to_have_attribute("data-kind", "error")
+    expect(page.get_by_label("Admin key")).to_be_focused()
+    page.get_by_label("Admin key").fill("not-the-admin-key")
+    page.get_by_role("button", name="Activate").click()
+    expect(message).to_have_text(
+        "Not changed: the admin key was not accepted (missing or wrong admin key: send 'Authorization: Bearer <key>')."
+    )
+    page.get_by_role("button", name="Roll back").click()
+    expect(message).to_contain_text("Not changed: the admin key was not accepted")
+    assert store_server.store.read_state().generation == generation
+    expect_serving(page, store_server, store_server.serving)
+    # The right key, a refused version: the server's reason, and still nothing changes.
+    page.get_by_label("Admin key").fill(ADMIN_KEY)
+    page.get_by_label("Version to change").select_option(store_server.weak[:12])
+    page.get_by_role("button", name="Activate").click()
+    expect(message).to_have_text(
+        f"Not changed: version {store_server.weak[:12]} is refused: "
+        "its recorded accuracy 0.5000 is below the minimum 0.9000."
+    )
+    expect_serving(page, store_server, store_server.serving)
+    assert ADMIN_KEY not in stored_anywhere(page)
+    screenshot(page, "models-refused")
+
+
+def test_models_view_lists_with_the_api_key_and_changes_with_the_admin_key(
+    open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    """Both keys set: the list takes the API key (from the header's panel), a change the admin key alone."""
+    with serve_store(tmp_path, api_key=SecretStr(API_KEY), admin_key=SecretStr(ADMIN_KEY)) as server:
+        page = open_page(server.url)
+        page.get_by_role("link", name="Models").click()
+        expect(page.locator("#models-message")).to_contain_text("API key needed")
+        api_key = page.get_by_label("API key, only if the server asks for one")
+        expect(api_key).to_be_focused()
+        api_key.fill(API_KEY)
+        page.get_by_role("button", name="Refresh").click()
+        expect(page.locator("#versions tbody tr")).to_have_count(3)
+        page.get_by_label("Admin key").fill(ADMIN_KEY)
+        page.get_by_label("Version to change").select_option(server.other[:12])
+        page.get_by_role("button", name="Activate").click()
+        expect(page.locator("#change-message")).to_have_text(
+            f"{server.other[:12]} serves now (was {server.serving[:12]})."
+        )
+        expect(version_row(page, server.other)).to_have_attribute("aria-current", "true")
+        assert server.store.read_state().serving == server.other
+        stored = stored_anywhere(page)
+        assert API_KEY in stored and ADMIN_KEY not in stored  # the API key is kept for the tab, as documented
+
+
+def test_models_view_says_changes_are_off_without_a_server_admin_key(
+    open_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    with serve_store(tmp_path) as server:
+        page = open_models(open_page, server.url)
+        page.get_by_label("Admin key").fill(ADMIN_KEY)
+        page.get_by_label("Version to change").select_option(server.other[:12])
+        page.get_by_role("button", name="Activate").click()
+        expect(page.locator("#change-message")).to_have_text(
+            "Not changed: model changes are off on this server "
+            "(model changes are off: set FASHION_ADMIN_KEY on the server to allow them)."
+        )
+        expect_serving(page, server, server.serving)
+
+
+def test_models_view_names_what_the_store_names_when_this_worker_serves_another(
+    open_page: Callable[..., Page], store_server: StoreServer
+) -> None:
+    page = open_models(open_page, store_server.url)
+    expect(page.locator("#models-note")).to_be_hidden()
+    # An operator edits the state by hand to name the refused version: the worker keeps the last good one.
+    store_server.store.update_state(lambda state: activated(state, store_server.weak, "by hand"))
+    deadline = time.monotonic() + 10
+    while store_server.models()["note"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    page.get_by_role("button", name="Refresh").click()
+    note = page.locator("#models-note")
+    expect(note).to_contain_text(f"The state names {store_server.weak[:12]}, which this worker refused")
+    expect(note).to_contain_text(f"serving {store_server.serving[:12]}, the last good version")
+    expect(page.locator("#models-summary")).to_contain_text(f"The store names{store_server.weak[:12]}")
+    expect_serving(page, store_server, store_server.serving)
+    screenshot(page, "models-note")
+
+
+def test_models_view_on_a_single_file_server_says_so_quietly(open_page: Callable[..., Page], base_url: str) -> None:
+    page = open_models(open_page, base_url)
+    message = page.locator("#models-message")
+    expect(message).to_have_text(
+        "This server serves one file, not a model store: there are no versions to list or change."
+    )
+    expect(message).not_to_have_attribute("data-kind", "error")
+    expect(page.locator("#models-store")).to_be_hidden()
+    screenshot(page, "models-single-file")
+
+
+def test_models_view_starts_and_stops_a_real_shadow_and_canary(
+    open_page: Callable[..., Page], store_server: StoreServer
+) -> None:
+    if "shadow" not in store_server.models():
+        pytest.skip("this server does not run shadow and canary yet (issue 13): see the contract test below")
+    other = store_server.other[:12]
+    page = open_models(open_page, store_server.url)
+    page.get_by_label("Admin key").fill(ADMIN_KEY)
+    page.get_by_label("Version to change").select_option(other)
+    page.get_by_label("Share of requests (%)").fill("100")
+    page.get_by_role("button", name="Start shadow").click()
+    message = page.locator("#change-message")
+    expect(message).to_have_text(f"{other} is the shadow now: it also runs on 100% of requests.")
+    expect(version_row(page, other).locator(".state")).to_have_text("shadow, 100%")
+    assert store_server.models()["shadow"]["version"] == other
+    for _ in range(3):
+        assert httpx.post(f"{store_server.url}/predict", files={"file": ("s.png", SAMPLE_BAG)}).status_code == 200
+    deadline = time.monotonic() + 10  # the shadow runs off the response path: its tally follows the answers
+    while store_server.models()["shadow"]["compared"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    page.get_by_role("button", name="Refresh").click()
+    expect(page.locator("#models-summary")).to_contain_text(
+        re.compile(rf"Shadow{other} at 100%agrees on [\d.]+% of 3 compared · \d+ skipped")
+    )
+    screenshot(page, "models-real-shadow")
+    page.get_by_role("button", name=f"Stop shadow ({other})").click()
+    expect(message).to_have_text(f"{other} is no longer the shadow.")
+    assert store_server.models()["shadow"] is None
+    page.get_by_label("Share of requests (%)").fill("50")
+    page.get_by_role("button", name="Start canary").click()
+    expect(message).to_have_text(f"{other} is the canary now: it answers 50% of requests.")
+    expect(page.locator("#models-summary")).to_contain_text(f"Canary{other} at 50%")
+    assert store_server.models()["canary"]["version"] == other
+    page.get_by_role("button", name=f"Stop canary ({other})").click()
+    expect(message).to_have_text(f"{other} is no longer the canary.")
+    assert store_server.models()["canary"] is None
+    expect_serving(page, store_server, store_server.serving)
+
+
+def test_models_view_shows_and_changes_shadow_and_canary_as_the_contract_says(
+    open_page: Callable[..., Page], store_server: StoreServer
+) -> None:
+    """Until the server runs shadow and canary (issue 13, in progress), GET /models is answered with today's body
+    plus the contract's fields (docs/lifecycle.md), and the changes are caught before they reach the server."""
+    body = store_server.models()
+    shadow, canary = store_server.other[:12], store_server.weak[:12]
+    body["shadow"] = {"version": shadow, "percent": 25.0, "compared": 1234, "agreement": 0.975, "skipped": 3,
+                      "latency_ms": 1.5}  # fmt: skip
+    body["canary"] = {"version": canary, "percent": 10.0, "answered": 56}
+    for entry in body["versions"]:
+        if entry["version"] in (shadow, canary):
+            entry |= {"state": "shadow" if entry["version"] == shadow else "canary", "reason": None}
+        entry["loaded"] = True
+    changes: list[tuple[str, str, str | None, str | None]] = []
+
+    def answer(route: Route) -> None:
+        request = route.request
+        if request.method == "GET":
+            route.fulfill(json=body)
+            return
+        changes.append((request.method, request.url, request.post_data, request.headers.get("authorization")))
+        route.fulfill(json={"serving": store_server.serving[:12], "previous": None, "generation": 9})
+
+    page = open_page(store_server.url)
+    page.route(re.compile(r"/models(/[0-9a-f]+/(shadow|canary))?$"), answer)
+    page.get_by_role("link", name="Models").click()
+    summary = page.locator("#models-summary")
+    expect(summary).to_contain_text(f"Shadow{shadow} at 25%agrees on 97.5% of 1,234 compared · 3 skipped · 1.50 ms")
+    expect(summary).to_contain_text(f"Canary{canary} at 10%56 answered here")
+    expect(version_row(page, shadow).locator(".state")).to_have_text("shadow, 25%")
+    expect(version_row(page, canary).locator(".state")).to_have_text("canary, 10%")
+    screenshot(page, "models-shadow-canary")
+    page.get_by_label("Admin key").fill(ADMIN_KEY)
+    page.get_by_label("Version to change").select_option(shadow)
+    page.get_by_label("Share of requests (%)").fill("0")
+    page.get_by_role("button", name="Start canary").click()
+    expect(page.locator("#change-message")).to_contain_text("The share must be more than 0 and at most 100")
+    page.get_by_label("Share of requests (%)").fill("12.5")
+    page.get_by_role("button", name="Start canary").click()
+    expect(page.locator("#change-message")).to_have_text(f"{shadow} is the canary now: it answers 12.5% of requests.")
+    page.get_by_role("button", name=f"Stop shadow ({shadow})").click()
+    expect(page.locator("#change-message")).to_have_text(f"{shadow} is no longer the shadow.")
+    bearer = f"Bearer {ADMIN_KEY}"
+    assert [(method, url, data and json.loads(data), key) for method, url, data, key in changes] == [
+        ("PUT", f"{store_server.url}/models/{shadow}/canary", {"percent": 12.5}, bearer),
+        ("DELETE", f"{store_server.url}/models/{shadow}/shadow", None, bearer),
+    ]

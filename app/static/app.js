@@ -403,16 +403,18 @@ function parameterRow(p) {
 
 // ---- page chrome: views, readiness, API key -----------------------------------------------------------
 
+const VIEWS = ["try", "layers", "models"]; // each has #view-NAME, #nav-NAME and #NAME-heading; #NAME shows it
+
 function showView(focus) {
-  const layers = location.hash === "#layers";
-  $("view-try").hidden = layers;
-  $("view-layers").hidden = !layers;
-  for (const [id, current] of [["nav-try", !layers], ["nav-layers", layers]]) {
-    if (current) $(id).setAttribute("aria-current", "page");
-    else $(id).removeAttribute("aria-current");
+  const shown = VIEWS.find((name) => location.hash === `#${name}`) || "try";
+  for (const name of VIEWS) {
+    $(`view-${name}`).hidden = name !== shown;
+    if (name === shown) $(`nav-${name}`).setAttribute("aria-current", "page");
+    else $(`nav-${name}`).removeAttribute("aria-current");
   }
-  if (layers && !state.paramsLoaded) loadLayers();
-  if (focus) $(layers ? "layers-heading" : "try-heading").focus();
+  if (shown === "layers" && !state.paramsLoaded) loadLayers();
+  if (shown === "models") modelsView.load(); // versions change from elsewhere: read them afresh each time
+  if (focus) $(`${shown}-heading`).focus();
 }
 
 async function checkReady() {
@@ -457,6 +459,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setUpFileInput();
   setUpCanvas();
   $("predict").addEventListener("click", predict);
+  modelsView.setUp();
   window.addEventListener("hashchange", () => showView(true));
   showView(false);
   loadSamples();
