@@ -90,6 +90,7 @@ class Metrics:
         )
         self.images = self.counter("fashion_images", "images classified")
         self._drift_metrics()
+        self._traffic_metrics()
         self.model_info = InfoGauge(
             self.gauge(
                 "fashion_model_info",
@@ -118,8 +119,29 @@ class Metrics:
             merge="livemax",
         )
 
+    def _traffic_metrics(self) -> None:
+        """Which version answered, and how a shadow version compares with the serving one (app/traffic.py)."""
+        self.predictions_by_version = self.counter(
+            "fashion_predictions_by_version", "images classified, by the version that answered", ["version"]
+        )
+        self.shadow_compared = self.counter(
+            "fashion_shadow_compared", "images the shadow version classified beside the serving one", ["version"]
+        )
+        self.shadow_agreed = self.counter(
+            "fashion_shadow_agreed", "images on which the shadow's argmax equals the serving version's", ["version"]
+        )
+        self.shadow_skipped = self.counter(
+            "fashion_shadow_skipped",
+            "images not mirrored: live requests were queued or the shadow was busy",
+            ["version"],
+        )
+        self.shadow_seconds = self.histogram(
+            "fashion_shadow_seconds", "time of a shadow run, its queue wait included", LATENCY_BUCKETS
+        )
+
     def observe_predictions(self, result: Classified) -> None:
         """Per image: its class, confidence and intensity; in two tensor ops, as most requests hold one image."""
+        self.labelled(self.predictions_by_version, result.model_version).inc(len(result.pixels))
         confidence, best = result.output.probabilities.max(dim=1)
         for index, value in zip(best.tolist(), confidence.tolist(), strict=True):
             self.labelled(self.predicted_class, result.class_names[index]).inc()

@@ -19,7 +19,7 @@ from app.http_errors import OIP_PREFIX
 from app.oip import codec
 from app.rest import MODEL_VERSION_HEADER
 from app.schemas import error_responses
-from app.service import InferenceService, require_service
+from app.service import InferenceService, choose_service
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol (v2)"])
 KEYED = [Depends(require_api_key)]
@@ -167,7 +167,7 @@ def _service(request: Request, name: str | None, version: str | None) -> Inferen
     """The service for a model name (and version), or the protocol's 404; NotReady before the model loads."""
     if name is not None and name != codec.MODEL_NAME:
         raise ModelNotFound(f"unknown model '{name}'; this server serves '{codec.MODEL_NAME}'")
-    service = require_service(request.app.state)
+    service = choose_service(request.app.state, request.headers.raw)
     if version is not None and version != service.predictor.version:
         raise ModelNotFound(f"model '{name}' has no version '{version}'; it serves {service.predictor.version}")
     return service
