@@ -3,9 +3,10 @@
 The canary is picked per request by app/service.py's ``choose_service``; here it is only a service and a share.
 The shadow is a hook on the serving version's service (``InferenceService.mirror``): after an answer is computed
 it may schedule a run of the same pixels on the shadow version, as a task the request never awaits. It runs only
-while the serving version has nothing queued and the shadow holds at most one batch of images, so it takes spare
-capacity only; otherwise it is skipped, and counted. It compares the two versions' argmax and times its run.
-Nothing it does raises into a request: its failures are its own, logged and counted as skipped.
+while no live request is inside the serving model (queued or computing) and the shadow holds at most one batch of
+images, so it takes spare capacity only; otherwise it is skipped, and counted. It compares the two versions'
+argmax and times its run. Nothing it does raises into a request: its failures are its own, logged and counted
+as skipped.
 """
 
 from __future__ import annotations
@@ -94,9 +95,11 @@ class Shadow:
             log.exception("scheduling a shadow run failed; the answer is unaffected")
 
     def _busy(self, images: int) -> bool:
-        batcher = self.serving.batcher
-        live_queued = batcher.queued_images if batcher is not None else self.serving.in_flight
-        return live_queued > 0 or (self._running_images > 0 and self._running_images + images > self.max_images)
+        """Live requests inside the serving model (queued, or in a forward pass the batcher already took), or a
+        batch's worth of shadow images still running. The queue alone would miss the pass in progress: the
+        batcher takes every queued request before the answer that calls this resumes."""
+        live = self.serving.in_flight > 0
+        return live or (self._running_images > 0 and self._running_images + images > self.max_images)
 
     def _skip(self, images: int) -> None:
         self.skipped += images
