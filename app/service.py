@@ -143,7 +143,7 @@ def choose_service(state: Any, headers: HeaderPairs) -> InferenceService:
                 raise InvalidParameter("header.x-model-version: send it once")
             pin = value
     if pin is not None:
-        return pinned_service(state, serving, pin)
+        return pinned_service(state, pin)
     follower = state.follower  # app/lifecycle.py's ModelFollower, or None when one file serves
     canary = follower.canary if follower is not None else None
     if canary is not None and random.random() * 100 < canary.percent:
@@ -152,17 +152,29 @@ def choose_service(state: Any, headers: HeaderPairs) -> InferenceService:
     return serving
 
 
-def pinned_service(state: Any, serving: InferenceService, pin: bytes) -> InferenceService:
+def pinned_service(state: Any, pin: bytes) -> InferenceService:
     """The loaded version a client named in X-Model-Version (12 to 64 hex digits of its id); 404 when not loaded."""
     version = pin.decode("latin-1").strip()
     if not VERSION_ID.fullmatch(version):
         raise InvalidParameter("header.x-model-version: must be 12 to 64 lower-case hex digits of a loaded version")
-    follower = state.follower
-    loaded: dict[str, InferenceService] = (
-        follower.loaded if follower is not None else {serving.predictor.version: serving}
-    )
-    matches = [service for digest, service in loaded.items() if digest.startswith(version)]
-    if len(matches) != 1:
-        names = ", ".join(sorted(digest[:12] for digest in loaded))
+    service = find_loaded(state, version)
+    if service is None:
+        names = ", ".join(sorted(digest[:12] for digest in loaded_services(state)))
         raise ModelNotFound(f"version {version} is not loaded here (loaded: {names})")
-    return matches[0]
+    return service
+
+
+def loaded_services(state: Any) -> dict[str, InferenceService]:
+    """Every version this worker holds, by id: a store version's whole digest, or the one file's version."""
+    follower = state.follower  # app/lifecycle.py's ModelFollower: serving, canary and shadow
+    if follower is not None:
+        loaded: dict[str, InferenceService] = follower.loaded
+        return loaded
+    service: InferenceService | None = state.service
+    return {service.predictor.version: service} if service is not None else {}
+
+
+def find_loaded(state: Any, version: str) -> InferenceService | None:
+    """The one loaded version whose id starts with ``version``, or None."""
+    matches = [service for digest, service in loaded_services(state).items() if digest.startswith(version)]
+    return matches[0] if len(matches) == 1 else None

@@ -373,3 +373,30 @@ def test_a_worker_follows_a_change_another_worker_made(make_client: Callable[...
     wait_for(lambda: states(client)[store.other[:12]] == ("available", False), "the old canary to be released")
     assert {predict(client)["model_version"] for _ in range(10)} == {store.good[:12]}
     assert states(client)[store.weak[:12]] == ("refused", False)
+
+
+def test_the_open_inference_protocol_serves_each_loaded_version(
+    make_client: Callable[..., TestClient], store: Store
+) -> None:
+    client = make_client(store.settings())
+    start(client, store.other, "canary", 10)
+    start(client, store.twin, "shadow", 100)
+    loaded = {store.good[:12], store.other[:12], store.twin[:12]}
+    index = client.post("/v2/repository/index").json()
+    assert sorted(index, key=lambda entry: entry["version"]) == [
+        {"name": "fashion-mnist", "version": version, "state": "READY", "reason": ""} for version in sorted(loaded)
+    ]
+    model = "/v2/models/fashion-mnist"
+    assert client.get(model).json()["versions"] == [store.good[:12], *sorted(loaded - {store.good[:12]})]
+    body = {"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 784], "data": [0.0] * 784}]}
+    for version in loaded:
+        assert client.get(f"{model}/versions/{version}").json()["versions"][0] == version
+        assert client.get(f"{model}/versions/{version}/ready").json() == {"name": "fashion-mnist", "ready": True}
+        response = client.post(f"{model}/versions/{version}/infer", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["X-Model-Version"] == response.json()["model_version"] == version
+    for version in (store.spare[:12], "not-a-version", "ABCDEF012345"):  # in the store, not loaded; not versions
+        response = client.post(f"{model}/versions/{version}/infer", json=body)
+        assert response.status_code == 404, response.text
+        assert response.json()["error"].startswith(f"model 'fashion-mnist' has no loaded version '{version}'; loaded: ")
+    assert client.get(f"{model}/versions/{store.spare[:12]}/ready").status_code == 404
