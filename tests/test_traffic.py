@@ -19,7 +19,17 @@ from pydantic import SecretStr
 
 from app.config import Settings
 from models.publishing import publish
-from models.store import ModelStore, with_traffic
+from models.store import (
+    ModelStore,
+    NotInRole,
+    RoleConflict,
+    StoreState,
+    Traffic,
+    activated,
+    rolled_back,
+    with_traffic,
+    without_traffic,
+)
 from tests.conftest import image_bytes, make_artifact
 from tests.test_lifecycle import ADMIN, PNG, admin, store_settings, wait_for
 
@@ -400,3 +410,22 @@ def test_the_open_inference_protocol_serves_each_loaded_version(
         assert response.status_code == 404, response.text
         assert response.json()["error"].startswith(f"model 'fashion-mnist' has no loaded version '{version}'; loaded: ")
     assert client.get(f"{model}/versions/{store.spare[:12]}/ready").status_code == 404
+
+
+def test_state_transitions_keep_one_role_per_version() -> None:
+    """models/store.py's rules, whoever calls them (the admin routes, a script): the pure functions alone."""
+    a, b, c = "a" * 64, "b" * 64, "c" * 64
+    state = activated(StoreState(serving=a), b, "activate b")
+    state = with_traffic(dataclasses.replace(state, refused={c: "was weak"}), "canary", c, 10)
+    assert (state.canary, state.refused) == (Traffic(c, 10.0), {})  # validated again: no longer refused
+    with pytest.raises(RoleConflict, match="is serving"):
+        with_traffic(state, "shadow", b, 50)
+    with pytest.raises(RoleConflict, match="is the canary"):
+        with_traffic(state, "shadow", c, 50)
+    state = with_traffic(state, "shadow", a, 50)
+    assert rolled_back(state).serving == a and rolled_back(state).shadow is None  # rolling back to it ends the role
+    assert activated(state, c, "promote the canary").canary is None
+    with pytest.raises(NotInRole, match="is not the canary"):
+        without_traffic(state, "canary", a)
+    assert without_traffic(state, "shadow", a).shadow is None and without_traffic(state, "shadow", a).canary
+    assert StoreState.from_json(state.to_json()) == state
