@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from app.errors import Conflict, ModelNotFound
 from app.lifecycle import ModelFollower
@@ -46,7 +48,11 @@ ERRORS = CHANGE_ERRORS | {
 
 
 class TrafficRequest(BaseModel):
-    percent: float = Field(gt=0, le=100, description="canary: the share of /predict answers; shadow: of mirrored ones")
+    percent: float = Field(
+        gt=0,
+        le=100,
+        description="canary: the share of unpinned requests it answers; shadow: the share of answers it mirrors",
+    )
 
 
 class TrafficChange(BaseModel):
@@ -72,10 +78,17 @@ class CanaryInfo(BaseModel):
     answered: int  # requests this worker's canary answered since it became the canary
 
 
-@router.put("/{version}/canary", response_model=TrafficChange, responses=ERRORS)
-async def start_canary(request: Request, version: str, body: TrafficRequest) -> TrafficChange:
+# The body is read by hand, after the admin key (the router's dependency): FastAPI would parse a declared body,
+# and refuse malformed JSON, before any dependency ran. Documented for OpenAPI here instead.
+BODY: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": TrafficRequest.model_json_schema()}}}
+}
+
+
+@router.put("/{version}/canary", response_model=TrafficChange, responses=ERRORS, openapi_extra=BODY)
+async def start_canary(request: Request, version: str) -> TrafficChange:
     """Validate the version, then let it answer ``percent`` of the /predict and /v2 requests no client pinned."""
-    return await _start(request, "canary", version, body.percent)
+    return await _start(request, "canary", version, await _percent(request))
 
 
 @router.delete("/{version}/canary", response_model=TrafficChange, responses=ERRORS)
@@ -84,11 +97,19 @@ async def stop_canary(request: Request, version: str) -> TrafficChange:
     return await _stop(request, "canary", version)
 
 
-@router.put("/{version}/shadow", response_model=TrafficChange, responses=ERRORS)
-async def start_shadow(request: Request, version: str, body: TrafficRequest) -> TrafficChange:
+@router.put("/{version}/shadow", response_model=TrafficChange, responses=ERRORS, openapi_extra=BODY)
+async def start_shadow(request: Request, version: str) -> TrafficChange:
     """Validate the version, then run it beside the serving one on ``percent`` of its answers, off the response
     path; its agreement and latency show in GET /models and /metrics."""
-    return await _start(request, "shadow", version, body.percent)
+    return await _start(request, "shadow", version, await _percent(request))
+
+
+async def _percent(request: Request) -> float:
+    """The body's percent; the same 422 as any other body's validation error."""
+    try:
+        return TrafficRequest.model_validate_json(await request.body()).percent
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
 
 
 @router.delete("/{version}/shadow", response_model=TrafficChange, responses=ERRORS)
