@@ -24,6 +24,7 @@ class _Job:
     pixels: torch.Tensor  # (k, 28, 28) from one request
     future: asyncio.Future[tuple[ModelOutput, float]] = field(repr=False)
     queued_at: float  # loop time at submit, for the queue-wait metric
+    answering: bool  # False for a shadow's run: it loads the model but answers nobody (the metrics tell them apart)
 
 
 class Batcher:
@@ -42,7 +43,7 @@ class Batcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
-        on_batch: Callable[[ModelOutput, float, list[float]], None] | None = None,
+        on_batch: Callable[[ModelOutput, float, list[float], ModelOutput], None] | None = None,
     ) -> None:
         self._predict = predict
         self._max_batch_size = max_batch_size
@@ -93,7 +94,7 @@ class Batcher:
                 job.future.set_exception(ModelFailed("the model queue failed on this request; retry it"))
         self.start()
 
-    async def submit(self, pixels: torch.Tensor) -> tuple[ModelOutput, float]:
+    async def submit(self, pixels: torch.Tensor, *, answering: bool = True) -> tuple[ModelOutput, float]:
         """The model's output for ``pixels`` (k, 28, 28) and the seconds their batch spent in the model.
 
         Raises Overloaded when the queue is full, rather than letting memory grow without bound. A job whose
@@ -102,7 +103,7 @@ class Batcher:
         if self._queued_images + len(pixels) > self._max_queue:
             raise Overloaded("the model queue is full; retry shortly", retry_after_s=1)
         loop = asyncio.get_running_loop()
-        job = _Job(pixels, loop.create_future(), time.perf_counter())
+        job = _Job(pixels, loop.create_future(), time.perf_counter(), answering)
         self._queued_images += len(pixels)
         self._pending.append(job)
         self._arrived.set()
@@ -128,9 +129,11 @@ class Batcher:
             return
         seconds = time.perf_counter() - started
         assert len(output) == len(pixels), "a batch must yield one output per input"
-        if self._on_batch is not None:
-            self._on_batch(output, seconds, [started - job.queued_at for job in jobs])
         parts = [output] if len(jobs) == 1 else output.split([len(job.pixels) for job in jobs])
+        if self._on_batch is not None:
+            answering = [part for job, part in zip(jobs, parts, strict=True) if job.answering]
+            answered = output if len(answering) == len(jobs) else ModelOutput.concat(answering)
+            self._on_batch(output, seconds, [started - job.queued_at for job in jobs], answered)
         for job, part in zip(jobs, parts, strict=True):
             if not job.future.done():
                 job.future.set_result((part, seconds))

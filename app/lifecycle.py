@@ -1,4 +1,4 @@
-"""Follow the model store: load the version its state names beside the one serving, then swap; never stop serving.
+"""Follow the model store: load the versions its state names beside those serving, then swap; never stop serving.
 
 Each worker process polls the state file (``FASHION_MODEL_POLL_S``; inotify does not see network volumes). When
 the state changes it validates and loads the named version into a service of its own (its own Predictor and
@@ -7,12 +7,16 @@ keeps the service it fetched when it started; the old service's batcher stops on
 is answered, and the model is freed when the last reference to it goes. A version that cannot be loaded is
 never served: the worker keeps (or falls back to) the last good version, stays ready, and says so in /models
 and the log. Nothing here stops the process: one bad file must not stop a worker from starting.
+
+The state's canary and shadow are loaded the same way, each into a service of its own (app/traffic.py says what
+they do with traffic); a version no role names any more is retired like a swapped-out one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -25,7 +29,8 @@ from app.config import Settings
 from app.metrics import Metrics
 from app.predictor import Predictor
 from app.service import InferenceService
-from models.store import ModelStore, StoreError, StoreState
+from app.traffic import Canary, Shadow
+from models.store import ModelStore, StoreError, StoreState, Traffic
 from models.validation import Refused, validate_version
 
 log = logging.getLogger("app.lifecycle")
@@ -34,7 +39,7 @@ log = logging.getLogger("app.lifecycle")
 def build_service(predictor: Predictor, settings: Settings, metrics: Metrics) -> InferenceService:
     """A service around ``predictor`` with its own batcher (started) when batching is on, reporting to ``metrics``."""
     batcher = None
-    observe_forward = functools.partial(metrics.observe_forward, predictor.class_names)
+    observe_forward = functools.partial(metrics.observe_forward, predictor.class_names, predictor.version)
     if settings.batching:
         batcher = Batcher(
             predictor.predict,
@@ -72,7 +77,7 @@ async def retire(service: InferenceService) -> None:
 
 
 class ModelFollower:
-    """This process's side of the store: which version it serves, which it refused, and why."""
+    """This process's side of the store: the versions it holds (serving, canary, shadow), which it refused, and why."""
 
     def __init__(self, app_state: Any, store: ModelStore, device: torch.device) -> None:
         self.app_state = app_state
@@ -80,6 +85,9 @@ class ModelFollower:
         self.store = store
         self.device = device
         self.serving: str | None = None  # the full digest of the version this worker serves
+        self.loaded: dict[str, InferenceService] = {}  # every version held, by full digest: each can be pinned
+        self.canary: Canary | None = None  # read per request by app/service.py's choose_service
+        self.shadow: Shadow | None = None
         self.refused: dict[str, str] = {}  # versions this worker could not load, and why (tried again when named)
         self.note: str | None = None  # why this worker does not serve what the state names, when it does not
         self.generation = -1
@@ -96,11 +104,13 @@ class ModelFollower:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self.shadow is not None:
+            await self.shadow.stop()
         for task in list(self._retiring):
             await task
-        service: InferenceService | None = self.app_state.service
-        if service is not None and service.batcher is not None:
-            await service.batcher.stop()
+        for service in self.loaded.values():
+            if service.batcher is not None:
+                await service.batcher.stop()
 
     async def _poll(self) -> None:
         while True:
@@ -111,7 +121,7 @@ class ModelFollower:
                 log.exception("following the model store failed; still serving %s", _short(self.serving))
 
     async def sync(self) -> None:
-        """Read the state; when it changed, serve what it names, or the best fallback this worker can load."""
+        """Read the state; when it changed, serve what it names (or the best fallback), then its canary and shadow."""
         async with self._lock:
             try:
                 state = await asyncio.to_thread(self.store.read_state)
@@ -122,12 +132,14 @@ class ModelFollower:
                 return
             self.generation = state.generation
             await self._follow(state)
+            await self._follow_traffic(state)
+            self._release_unnamed()
 
     async def _follow(self, state: StoreState) -> None:
         for digest in _candidates(state):
             if digest == self.serving:
                 break
-            service = await self._load(digest)
+            service = await self._service_for(digest)
             if service is not None:
                 self._swap(digest, service)
                 break
@@ -141,6 +153,47 @@ class ModelFollower:
                 f"the state names {_short(state.serving)}, which this worker refused ({reason}); "
                 f"serving {_short(self.serving)}, the last good version"
             )
+
+    async def _follow_traffic(self, state: StoreState) -> None:
+        """Load the canary and the shadow the state names; keep a role's tally while its version stays the same."""
+        canary = await self._role_service(state.canary)
+        if canary is None or state.canary is None:
+            self.canary = None
+        elif self.canary is not None and self.canary.service is canary:
+            self.canary = dataclasses.replace(self.canary, percent=state.canary.percent)
+        else:
+            self.canary = Canary(state.canary.version, canary, state.canary.percent, canary.answered)
+        shadow = await self._role_service(state.shadow)
+        serving: InferenceService | None = self.app_state.service
+        if shadow is None or state.shadow is None or serving is None:
+            await self._set_shadow(None)
+        elif self.shadow is not None and self.shadow.service is shadow and self.shadow.serving is serving:
+            self.shadow.percent = state.shadow.percent
+        else:
+            digest, percent = state.shadow.version, state.shadow.percent
+            metrics = self.app_state.metrics
+            await self._set_shadow(Shadow(digest, shadow, serving, percent, metrics, self.settings.max_batch_size))
+
+    async def _role_service(self, traffic: Traffic | None) -> InferenceService | None:
+        if traffic is None or traffic.version == self.serving:
+            return None
+        return await self._service_for(traffic.version)
+
+    async def _set_shadow(self, shadow: Shadow | None) -> None:
+        old, self.shadow = self.shadow, shadow
+        for service in self.loaded.values():
+            service.mirror = shadow if shadow is not None and service is shadow.serving else None
+        if old is not None and old is not shadow:
+            await old.stop()
+
+    async def _service_for(self, digest: str) -> InferenceService | None:
+        """The version's service: the one this worker holds, or a new one once it validates and loads."""
+        service = self.loaded.get(digest)
+        if service is None:
+            service = await self._load(digest)
+            if service is not None:
+                self.loaded[digest] = service
+        return service
 
     async def _load(self, digest: str) -> InferenceService | None:
         started = time.perf_counter()
@@ -163,10 +216,18 @@ class ModelFollower:
         self.serving = digest
         announce(service.predictor, self.app_state.metrics)
         log.info("serving version %s (was %s)", _short(digest), _short(old.predictor.version if old else None))
-        if old is not None:
-            task = asyncio.get_running_loop().create_task(retire(old), name="retire-model")
+
+    def _release_unnamed(self) -> None:
+        """Retire every held version that is neither serving, the canary nor the shadow (once its requests end)."""
+        named = {self.serving}
+        named.update(role.digest for role in (self.canary, self.shadow) if role is not None)
+        for digest in [digest for digest in self.loaded if digest not in named]:
+            service = self.loaded.pop(digest)
+            service.mirror = None
+            task = asyncio.get_running_loop().create_task(retire(service), name="retire-model")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+            log.info("released version %s", _short(digest))
 
     def _tell(self, note: str) -> None:
         if note != self.note:

@@ -92,6 +92,7 @@ class Metrics:
         )
         self.images = self.counter("fashion_images", "images classified")
         self._drift_metrics()
+        self._traffic_metrics()
         self.model_info = InfoGauge(
             self.gauge(
                 "fashion_model_info",
@@ -118,6 +119,26 @@ class Metrics:
             "fashion_training_input_intensity",
             "the mean pixel intensity of the training images (0 to 1), to compare the traffic's mean with",
             merge="livemax",
+        )
+
+    def _traffic_metrics(self) -> None:
+        """Which version answered, and how a shadow version compares with the serving one (app/traffic.py)."""
+        self.predictions_by_version = self.counter(
+            "fashion_predictions_by_version", "images classified, by the version that answered", ["version"]
+        )
+        self.shadow_compared = self.counter(
+            "fashion_shadow_compared", "images the shadow version classified beside the serving one", ["version"]
+        )
+        self.shadow_agreed = self.counter(
+            "fashion_shadow_agreed", "images on which the shadow's argmax equals the serving version's", ["version"]
+        )
+        self.shadow_skipped = self.counter(
+            "fashion_shadow_skipped",
+            "images not mirrored: live requests were queued or the shadow was busy",
+            ["version"],
+        )
+        self.shadow_seconds = self.histogram(
+            "fashion_shadow_seconds", "time of a shadow run, its queue wait included", LATENCY_BUCKETS
         )
 
     def observe_request(self, result: Classified) -> None:
@@ -155,26 +176,36 @@ class Metrics:
         self._queue = queue
 
     def observe_forward(
-        self, class_names: Sequence[str], output: ModelOutput, seconds: float, waits: list[float]
+        self,
+        class_names: Sequence[str],
+        version: str,
+        output: ModelOutput,
+        seconds: float,
+        waits: list[float],
+        answered: ModelOutput,
     ) -> None:
-        """One forward pass: its size and time, its requests' queue waits, and what it said (the drift gauges).
+        """One forward pass: its size and time, its requests' queue waits, and what it answered (the drift gauges).
 
-        Once per batch rather than per request or image: in multiprocess mode every write is an mmap update under
-        a lock, so a batch's images are counted together (``observe_all``), one write per class and bucket.
+        ``answered`` is the part of ``output`` that answered requests: a shadow's runs (app/traffic.py) load the
+        model, so they count in the pass's size and time, but they answered nobody. Once per pass, not per request
+        or image: in multiprocess mode every write is an mmap update under a lock, so a pass's images are counted
+        together (``observe_all``), one write per class and bucket.
         """
-        size = len(output)
-        self.batch_size.observe(size)
+        self.batch_size.observe(len(output))
         self.model_seconds.observe(seconds)
-        self.images.inc(size)
         observe_all(self.queue_wait, waits)
-        best = output.best()
+        self._update_queue_depth()
+        if not len(answered):
+            return
+        self.images.inc(len(answered))
+        self.labelled(self.predictions_by_version, version).inc(len(answered))
+        best = answered.best()
         for index, count in collections.Counter(best).items():
             self.labelled(self.predicted_class, class_names[index]).inc(count)
-        observe_all(self.confidence, [row[index] for row, index in zip(output.probabilities, best, strict=True)])
-        observe_all(self.input_intensity, output.mean_intensity)
-        if output.in_distribution is not None and not all(output.in_distribution):
-            self.out_of_distribution.inc(output.in_distribution.count(False))
-        self._update_queue_depth()
+        observe_all(self.confidence, [row[index] for row, index in zip(answered.probabilities, best, strict=True)])
+        observe_all(self.input_intensity, answered.mean_intensity)
+        if answered.in_distribution is not None and not all(answered.in_distribution):
+            self.out_of_distribution.inc(answered.in_distribution.count(False))
 
     def render(self) -> bytes:
         """The exposition text: this registry, or every worker's files merged (dead workers' live gauges dropped)."""

@@ -48,6 +48,17 @@ class ModelOutput:
         """Each image's predicted class index: the first of equal maxima, as torch's argmax."""
         return [row.index(max(row)) for row in self.probabilities]
 
+    @classmethod
+    def concat(cls, parts: list[ModelOutput]) -> ModelOutput:
+        """The rows of ``parts``, in order (of one model: all have OOD scores, or none has)."""
+        with_ood = bool(parts) and parts[0].ood_score is not None
+        return cls(
+            [row for part in parts for row in part.probabilities],
+            [value for part in parts for value in part.mean_intensity],
+            [value for part in parts for value in part.ood_score or ()] if with_ood else None,
+            [value for part in parts for value in part.in_distribution or ()] if with_ood else None,
+        )
+
     def split(self, sizes: list[int]) -> list[ModelOutput]:
         parts = []
         start = 0

@@ -19,7 +19,7 @@ from app.config import Settings
 from app.errors import InvalidParameter
 from app.heatmap import attribution_png
 from app.imaging import InvertMode, pixels_to_png
-from app.service import Classified, require_service
+from app.service import Classified, choose_service
 from app.uploads import Upload, read_uploads
 
 TRUE_WORDS = ("true", "1", "yes", "on", "t", "y")
@@ -52,7 +52,7 @@ async def answer_predict(state: Any, headers: HeaderPairs, query_string: bytes, 
     headers = list(headers)
     settings: Settings = state.settings
     check_api_key(headers, settings.api_key)
-    service = require_service(state)
+    service = choose_service(state, headers)
     options = parse_options(query_string, settings.top_k)
     content_type = next((value for name, value in headers if name == b"content-type"), b"")
     uploads, batch = read_uploads(content_type, body, settings.max_images_per_request)

@@ -55,6 +55,14 @@ class StaleState(StoreError):
     """The state changed between reading it and asking to change it: read again and decide again."""
 
 
+class RoleConflict(StoreError):
+    """The version already has another role (serving, canary or shadow): one role per version."""
+
+
+class NotInRole(StoreError):
+    """The version does not have the role a caller asked to stop."""
+
+
 @dataclass(frozen=True)
 class Traffic:
     """A version that gets a share of live traffic: as a shadow (mirrored) or a canary (answering)."""
@@ -223,12 +231,16 @@ class ModelStore:
 
 
 def activated(state: StoreState, digest: str, change: str) -> StoreState:
-    """``state`` with ``digest`` serving: the one before goes onto the history, and it is the last good one."""
+    """``state`` with ``digest`` serving: the one before goes onto the history, and it is the last good one.
+
+    A version that was the canary or the shadow loses that role: it now answers everything.
+    """
     history = list(state.history)
     if state.serving is not None and state.serving != digest:
         history = [*history, state.serving][-HISTORY_LENGTH:]
     refused = {key: value for key, value in state.refused.items() if key != digest}
-    return dataclasses.replace(state, serving=digest, history=history, last_good=digest, refused=refused, change=change)
+    serving = dataclasses.replace(state, serving=digest, history=history, last_good=digest, refused=refused)
+    return dataclasses.replace(_without_role(serving, digest), change=change)
 
 
 def rolled_back(state: StoreState) -> StoreState:
@@ -236,9 +248,48 @@ def rolled_back(state: StoreState) -> StoreState:
     if not state.history:
         raise StoreError("no version served before this one: nothing to roll back to")
     target = state.history[-1]
-    return dataclasses.replace(
-        state, serving=target, history=state.history[:-1], last_good=target, change=f"rollback to {target[:12]}"
-    )
+    back = dataclasses.replace(state, serving=target, history=state.history[:-1], last_good=target)
+    return dataclasses.replace(_without_role(back, target), change=f"rollback to {target[:12]}")
+
+
+def _without_role(state: StoreState, digest: str) -> StoreState:
+    canary = None if state.canary is not None and state.canary.version == digest else state.canary
+    shadow = None if state.shadow is not None and state.shadow.version == digest else state.shadow
+    return dataclasses.replace(state, canary=canary, shadow=shadow)
+
+
+ROLES = ("canary", "shadow")
+
+
+def with_traffic(state: StoreState, role: str, digest: str, percent: float) -> StoreState:
+    """``state`` with ``digest`` (validated) as the canary or shadow at ``percent``, replacing the one before.
+
+    RoleConflict when it serves or has the other role: a version answers as one thing at a time.
+    """
+    assert role in ROLES and 0 < percent <= 100, (role, percent)
+    if digest == state.serving:
+        raise RoleConflict(f"version {digest[:12]} is serving: it cannot also be the {role}")
+    other = "shadow" if role == "canary" else "canary"
+    holder: Traffic | None = getattr(state, other)
+    if holder is not None and holder.version == digest:
+        raise RoleConflict(f"version {digest[:12]} is the {other}: stop that first")
+    passed = dataclasses.replace(state, refused={key: value for key, value in state.refused.items() if key != digest})
+    return _set_role(passed, role, Traffic(digest, float(percent)), f"{role} {digest[:12]} at {percent:g}%")
+
+
+def without_traffic(state: StoreState, role: str, digest: str) -> StoreState:
+    """``state`` with ``digest`` no longer the canary or shadow; NotInRole when it is not."""
+    assert role in ROLES, role
+    holder: Traffic | None = getattr(state, role)
+    if holder is None or holder.version != digest:
+        raise NotInRole(f"version {digest[:12]} is not the {role}")
+    return _set_role(state, role, None, f"stop {role} {digest[:12]}")
+
+
+def _set_role(state: StoreState, role: str, traffic: Traffic | None, change: str) -> StoreState:
+    if role == "canary":
+        return dataclasses.replace(state, canary=traffic, change=change)
+    return dataclasses.replace(state, shadow=traffic, change=change)
 
 
 def refused(state: StoreState, digest: str, reason: str) -> StoreState:

@@ -68,6 +68,8 @@ def test_models_lists_every_version_with_its_state(make_client: Callable[..., Te
     assert by_id.keys() == {versions.good, versions.other, versions.weak, junk}
     assert (by_id[junk]["state"], by_id[junk]["reason"]) == ("refused", "it is not a readable artifact")
     assert by_id[versions.good]["state"] == "serving" and by_id[versions.good]["accuracy"] == 0.93
+    assert by_id[versions.good]["loaded"] and not by_id[versions.other]["loaded"]
+    assert body["shadow"] is None and body["canary"] is None
     assert by_id[versions.other]["state"] == "available" and by_id[versions.other]["created"]
     assert by_id[versions.weak] | {"created": None} == {
         "version": versions.weak[:12],
@@ -76,6 +78,7 @@ def test_models_lists_every_version_with_its_state(make_client: Callable[..., Te
         "reason": "its recorded accuracy 0.5000 is below the minimum 0.9000",
         "accuracy": 0.5,
         "created": None,
+        "loaded": False,
     }
     assert predicted_version(client) == versions.good[:12]
 

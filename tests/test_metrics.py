@@ -41,7 +41,7 @@ def test_queue_depth_is_read_after_every_batch() -> None:
     metrics = Metrics()
     metrics.watch_queue(Queue())
     output = ModelOutput([[0.1] * 10] * 4, [0.5] * 4)
-    metrics.observe_forward(CLASS_NAMES, output, 0.001, [0.0005] * 4)
+    metrics.observe_forward(CLASS_NAMES, "0123456789ab", output, 0.001, [0.0005] * 4, output)
     assert metrics.queue_depth._value.get() == 7
     assert "fashion_queue_images 7.0" in metrics.render().decode()
 

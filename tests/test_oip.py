@@ -90,6 +90,13 @@ def test_model_metadata_names_the_model_and_its_weights_version(
     assert client.get_model_metadata(MODEL, model_version=version)["versions"] == [version]
 
 
+def test_the_repository_index_lists_the_loaded_version(
+    client: triton.InferenceServerClient, server: LiveServer
+) -> None:
+    version = httpx.get(server.url + "/readyz", timeout=10).json()["model_version"]
+    assert client.get_model_repository_index() == [{"name": MODEL, "version": version, "state": "READY", "reason": ""}]
+
+
 def test_unknown_model_or_version_is_not_ready_and_404(client: triton.InferenceServerClient) -> None:
     assert not client.is_model_ready("mnist")
     assert not client.is_model_ready(MODEL, model_version="000000000000")
@@ -253,9 +260,9 @@ def test_wrong_method_and_unknown_path_answer_in_the_protocols_shape(server: Liv
     assert wrong_method.status_code == 405
     assert wrong_method.headers["allow"] == "POST"
     assert isinstance(wrong_method.json()["error"], str)
-    unknown = httpx.get(f"{server.url}/v2/repository/index", timeout=10)
+    unknown = httpx.post(f"{server.url}/v2/repository/models/{MODEL}/load", timeout=10)  # nothing loads over HTTP
     assert unknown.status_code == 404
-    assert unknown.json() == {"error": "no such endpoint: GET /v2/repository/index"}
+    assert unknown.json() == {"error": f"no such endpoint: POST /v2/repository/models/{MODEL}/load"}
     # The rest of the API keeps its own error shape.
     assert httpx.get(server.url + "/nowhere", timeout=10).json()["error"]["code"] == "not_found"
 

@@ -255,10 +255,11 @@ def _output_tensors(result: Classified) -> dict[str, tuple[str, list[int], list[
     return tensors
 
 
-def describe_model(version: str, class_names: list[str], has_ood_detector: bool) -> dict[str, Any]:
+def describe_model(versions: list[str], class_names: list[str], has_ood_detector: bool) -> dict[str, Any]:
+    """The protocol's model metadata: ``versions`` lists the described version first, then the others loaded."""
     return {
         "name": MODEL_NAME,
-        "versions": [version],
+        "versions": versions,
         "platform": "pytorch",
         "inputs": [
             {"name": PIXELS_INPUT, "datatype": "FP32", "shape": [-1, 1, IMAGE_SIDE, IMAGE_SIDE]},

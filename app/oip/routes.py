@@ -1,5 +1,8 @@
 """/v2: the Open Inference Protocol (KServe v2) as thin routes over the same service call as /predict.
 
+Every version this worker holds (serving, canary, shadow) answers under /v2/models/{name}/versions/{version} and
+is listed by POST /v2/repository/index; there is no load or unload: model bytes never arrive by request.
+
 Triton, KServe and MLServer clients call us unchanged. Errors here take the protocol's shape,
 ``{"error": "message"}``: app/http_errors.py chooses it by the /v2 prefix.
 """
@@ -19,7 +22,8 @@ from app.http_errors import OIP_PREFIX
 from app.oip import codec
 from app.rest import MODEL_VERSION_HEADER
 from app.schemas import error_responses
-from app.service import InferenceService, require_service
+from app.service import InferenceService, choose_service, find_loaded, loaded_services, require_service
+from models.store import VERSION_ID
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol (v2)"])
 KEYED = [Depends(require_api_key)]
@@ -83,20 +87,24 @@ async def server_ready(request: Request) -> dict[str, bool]:
 
 @router.get("/models/{name}", dependencies=KEYED, responses=METADATA_ERRORS)
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
-    """The model's name, version (the weights' hash), inputs and outputs."""
-    service = _service(request, name, None)
-    return codec.describe_model(
-        service.predictor.version, service.predictor.class_names, service.predictor.has_ood_detector
-    )
+    """The model's name, versions (the serving one first, then every other loaded one), inputs and outputs."""
+    return _describe(request, _service(request, name, None))
 
 
 @router.get("/models/{name}/versions/{version}", dependencies=KEYED, responses=METADATA_ERRORS)
 async def version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
-    """The same, for one version: the only one this server has."""
-    service = _service(request, name, version)
-    return codec.describe_model(
-        service.predictor.version, service.predictor.class_names, service.predictor.has_ood_detector
-    )
+    """The same, for one loaded version: serving, canary or shadow."""
+    return _describe(request, _service(request, name, version))
+
+
+@router.post("/repository/index", dependencies=KEYED, responses=error_responses(AUTH, OipError))
+async def repository_index(request: Request) -> list[dict[str, str]]:
+    """Every loaded version, all ready (Triton's repository index; nothing loads or unloads over HTTP)."""
+    services = loaded_services(request.app.state).values()
+    return [
+        {"name": codec.MODEL_NAME, "version": service.predictor.version, "state": "READY", "reason": ""}
+        for service in services
+    ]
 
 
 @router.get("/models/{name}/ready", responses=READY_ERRORS)
@@ -115,15 +123,19 @@ async def version_ready(request: Request, name: str, version: str) -> dict[str, 
 
 @router.post("/models/{name}/infer", dependencies=KEYED, responses=INFER_ERRORS, openapi_extra=INFER_EXAMPLE)
 async def infer(request: Request, name: str) -> Response:
-    """Classify FP32 pixels or BYTES encoded images: FP32 probabilities [N,10] and INT64 class index [N]."""
-    return await _infer(request, _service(request, name, None))
+    """Classify FP32 pixels or BYTES encoded images: FP32 probabilities [N,10] and INT64 class index [N].
+
+    The version that answers is chosen as for /predict: one pinned with X-Model-Version, the canary at its share,
+    else the serving one; the answer names it."""
+    _check_name(name)
+    return await _infer(request, choose_service(request.app.state, request.headers.raw))
 
 
 @router.post(
     "/models/{name}/versions/{version}/infer", dependencies=KEYED, responses=INFER_ERRORS, openapi_extra=INFER_EXAMPLE
 )
 async def version_infer(request: Request, name: str, version: str) -> Response:
-    """The same, for one version."""
+    """The same, on one loaded version: serving, canary or shadow."""
     return await _infer(request, _service(request, name, version))
 
 
@@ -164,13 +176,29 @@ async def _infer(request: Request, service: InferenceService) -> Response:
 
 
 def _service(request: Request, name: str | None, version: str | None) -> InferenceService:
-    """The service for a model name (and version), or the protocol's 404; NotReady before the model loads."""
-    if name is not None and name != codec.MODEL_NAME:
-        raise ModelNotFound(f"unknown model '{name}'; this server serves '{codec.MODEL_NAME}'")
-    service = require_service(request.app.state)
-    if version is not None and version != service.predictor.version:
-        raise ModelNotFound(f"model '{name}' has no version '{version}'; it serves {service.predictor.version}")
+    """The serving version, or the loaded ``version`` (12 to 64 hex digits of its id), or the protocol's 404;
+    NotReady before a version loads."""
+    if name is not None:
+        _check_name(name)
+    serving = require_service(request.app.state)
+    if version is None:
+        return serving
+    service = find_loaded(request.app.state, version) if VERSION_ID.fullmatch(version) else None
+    if service is None:
+        loaded = ", ".join(sorted(s.predictor.version for s in loaded_services(request.app.state).values()))
+        raise ModelNotFound(f"model '{name}' has no loaded version '{version}'; loaded: {loaded}")
     return service
+
+
+def _check_name(name: str) -> None:
+    if name != codec.MODEL_NAME:
+        raise ModelNotFound(f"unknown model '{name}'; this server serves '{codec.MODEL_NAME}'")
+
+
+def _describe(request: Request, service: InferenceService) -> dict[str, Any]:
+    others = [s.predictor.version for s in loaded_services(request.app.state).values() if s is not service]
+    predictor = service.predictor
+    return codec.describe_model([predictor.version, *sorted(others)], predictor.class_names, predictor.has_ood_detector)
 
 
 def _check_ready(request: Request, name: str | None, version: str | None) -> None:
