@@ -25,7 +25,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 # The oldest version the manifests support (the preStop `sleep` action is on by default from 1.30),
 # and the newest whose schemas kubernetes-validate ships.
 VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-NOT_APPLIED = {"kustomization.yaml", "secret.example.yaml"}
+NOT_APPLIED = {"kustomization.yaml", "secret.example.yaml", "publish-job.example.yaml"}
 # Read by uvicorn and the image's start command rather than by Settings.
 OTHER_VARIABLES = {"WEB_CONCURRENCY", "UVICORN_TIMEOUT_GRACEFUL_SHUTDOWN"}
 # hadolint rules this project does not follow, and why.
@@ -94,6 +94,7 @@ def test_kustomize_builds_valid_resources_with_the_image_tag() -> None:
         "ConfigMap",
         "Deployment",
         "HorizontalPodAutoscaler",
+        "PersistentVolumeClaim",
         "PodDisruptionBudget",
         "Service",
     ]
@@ -172,6 +173,41 @@ def test_pod_runs_non_root_read_only_with_bounded_resources() -> None:
     assert "emptyDir" in volumes[mounts["/tmp"]], "/tmp must stay writable"
     for kind in ("requests", "limits"):
         assert set(container()["resources"][kind]) == {"cpu", "memory"}
+
+
+def store_mount(pod: dict[str, Any], container: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mount under which the ConfigMap's FASHION_MODEL_STORE lies, and the volume it mounts."""
+    store = Path(resource("ConfigMap")["data"]["FASHION_MODEL_STORE"])
+    (mount,) = (m for m in container["volumeMounts"] if store.is_relative_to(m["mountPath"]))
+    (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])
+    return mount, volume
+
+
+def test_the_store_is_a_shared_volume_the_pods_mount_read_only() -> None:
+    pod = resource("Deployment")["spec"]["template"]["spec"]
+    mount, volume = store_mount(pod, container())
+    claim = resource("PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    assert mount["readOnly"] is True, "the servers only read the store"
+    assert set(claim["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}, "pods on many nodes mount it"
+    # A read-only store cannot take the admin API's changes (they write state.json): they stay off.
+    names = {env["name"] for env in container()["env"]} | set(resource("ConfigMap")["data"])
+    assert "FASHION_ADMIN_KEY" not in names
+
+
+def test_the_publish_job_writes_the_store_the_pods_read() -> None:
+    deployment = resource("Deployment")["spec"]["template"]["spec"]
+    job = resource("Job")["spec"]["template"]["spec"]
+    (publisher,) = job["containers"]
+    server_mount, server_volume = store_mount(deployment, container())
+    mount, volume = store_mount(job, publisher)
+    assert volume["persistentVolumeClaim"]["claimName"] == server_volume["persistentVolumeClaim"]["claimName"]
+    assert mount["mountPath"] == server_mount["mountPath"] and not mount.get("readOnly", False)
+    assert publisher["command"][:4] == ["python", "-m", "training.publish", "$(FASHION_MODEL_STORE)"]
+    assert publisher["envFrom"] == container()["envFrom"], "the store path and the accuracy bar the servers use"
+    assert job["securityContext"]["runAsUser"] == deployment["securityContext"]["runAsUser"], "files they can read"
+    tag = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["images"][0]["newTag"]
+    assert publisher["image"] == f"{container()['image']}:{tag}"
 
 
 def test_pod_user_is_the_images_user() -> None:
