@@ -25,6 +25,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.oip import routes as oip
 from app.predictor import Predictor
+from app.rest import MODEL_VERSION_HEADER
 from app.routes import docs, health, model, models, predict, ui
 from models import ArtifactError, resolve_device
 from models.store import ModelStore
@@ -139,7 +140,8 @@ def create_app(settings: Settings | None = None, *, predict_entrance: bool = Tru
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", MODEL_VERSION_HEADER],
+            expose_headers=["X-Request-ID", MODEL_VERSION_HEADER, "Retry-After"],  # what a page reads of an answer
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

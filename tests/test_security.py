@@ -262,6 +262,11 @@ def test_cors_allows_only_configured_origins(make_client: Callable[..., TestClie
     response = client.post("/predict", files={"file": ("g.png", png(), "image/png")}, headers={"Origin": allowed})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == allowed
+    # A page on that origin may pin a version, and read which version and request answered it.
+    pinning = {**preflight_headers, "Access-Control-Request-Headers": "x-model-version"}
+    assert client.options("/predict", headers={"Origin": allowed, **pinning}).status_code == 200
+    exposed = response.headers["access-control-expose-headers"].lower()
+    assert "x-model-version" in exposed and "x-request-id" in exposed
 
     other = {"Origin": "https://evil.example"}
     assert client.options("/predict", headers={**other, **preflight_headers}).status_code == 400
