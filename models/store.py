@@ -51,6 +51,10 @@ class VersionNotFound(StoreError):
     pass
 
 
+class StoreNotWritable(StoreError):
+    """This process cannot change the state (a read-only mount, a full disk)."""
+
+
 class StaleState(StoreError):
     """The state changed between reading it and asking to change it: read again and decide again."""
 
@@ -219,15 +223,21 @@ class ModelStore:
 
         With ``expected_generation``, raise StaleState if another change landed since the caller read it.
         """
-        with self._locked():
-            current = self.read_state()
-            if expected_generation is not None and current.generation != expected_generation:
-                raise StaleState(f"the state changed (generation {current.generation}, not {expected_generation})")
-            new = dataclasses.replace(
-                change(current), generation=current.generation + 1, updated_at=datetime.now(UTC).isoformat()
-            )
-            write_atomically(self.root / STATE_FILE, new.to_json())
-            return new
+        try:
+            with self._locked():
+                current = self.read_state()
+                if expected_generation is not None and current.generation != expected_generation:
+                    raise StaleState(f"the state changed (generation {current.generation}, not {expected_generation})")
+                new = dataclasses.replace(
+                    change(current), generation=current.generation + 1, updated_at=datetime.now(UTC).isoformat()
+                )
+                write_atomically(self.root / STATE_FILE, new.to_json())
+                return new
+        except OSError as exc:  # a read-only mount (the Kubernetes pods'), a full disk: said without the path
+            raise StoreNotWritable(
+                f"the store's state cannot be written from here ({exc.strerror or type(exc).__name__}): change it "
+                "where the store is writable (python -m training.publish STORE --promote)"
+            ) from None
 
 
 def activated(state: StoreState, digest: str, change: str) -> StoreState:

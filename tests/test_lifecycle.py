@@ -330,3 +330,25 @@ def test_the_open_inference_protocol_names_the_version_too(
         response = client.post("/v2/models/fashion-mnist/infer", json=body)
         assert response.status_code == 200, response.text
         assert response.headers["X-Model-Version"] == response.json()["model_version"] == digest[:12]
+
+
+def test_a_store_this_server_cannot_write_refuses_changes_in_words(
+    make_client: Callable[..., TestClient], versions: Versions
+) -> None:
+    """The Kubernetes pods mount the store read-only: a change is a 409 that says so, and serving goes on."""
+    client = make_client(store_settings(versions.store, admin_key=SecretStr(ADMIN)))
+    lock = versions.store.root / ".state.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()  # the lock cannot be opened for writing (as root, chmod would not stop a write)
+    for response in (
+        client.post(f"/models/{versions.other[:12]}/activate", headers=admin()),
+        client.put(f"/models/{versions.other[:12]}/canary", headers=admin(), json={"percent": 10}),
+        client.post(f"/models/{versions.weak[:12]}/activate", headers=admin()),  # refused; the refusal unrecorded
+    ):
+        assert response.status_code == 409, response.text
+        message = response.json()["error"]["message"]
+        assert "cannot be written from here" in message or "is refused" in message
+        assert str(versions.store.root) not in message
+    assert versions.store.read_state().serving == versions.good
+    assert predicted_version(client) == versions.good[:12]
+    assert client.get("/models").status_code == 200

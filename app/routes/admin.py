@@ -9,6 +9,7 @@ shadow) are the changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from fastapi import Request
@@ -17,7 +18,7 @@ from app.auth import check_admin_key
 from app.errors import Conflict, InvalidParameter, ModelNotFound
 from app.lifecycle import ModelFollower
 from app.schemas import error_responses
-from models.store import VERSION_ID, StoreError, StoreState, VersionNotFound, refused
+from models.store import VERSION_ID, StaleState, StoreError, StoreState, VersionNotFound, refused
 from models.validation import Refused, validate_version
 
 audit = logging.getLogger("app.audit")
@@ -72,8 +73,14 @@ async def validate_or_refuse(follower: ModelFollower, digest: str) -> None:
         await asyncio.to_thread(validate_version, follower.store, digest, settings.min_accuracy, follower.device)
     except Refused as exc:
         reason = exc.reason
-        await asyncio.to_thread(follower.store.update_state, lambda state: refused(state, digest, reason))
+        with contextlib.suppress(StoreError):  # a store this server cannot write: the refusal is answered all the same
+            await asyncio.to_thread(follower.store.update_state, lambda state: refused(state, digest, reason))
         raise Conflict(f"version {digest[:12]} is refused: {reason}") from None
+
+
+def store_conflict(exc: StoreError) -> Conflict:
+    """The 409 for a change the store did not take: a concurrent change (try again), or a store it cannot write."""
+    return Conflict(f"{exc}; try again" if isinstance(exc, StaleState) else str(exc))
 
 
 def read_state(follower: ModelFollower) -> StoreState:

@@ -26,6 +26,7 @@ from app.routes.admin import (
     read_state,
     resolve_version,
     short,
+    store_conflict,
     validate_or_refuse,
 )
 from app.schemas import error_responses
@@ -124,7 +125,7 @@ async def _change(
     try:
         state = await asyncio.to_thread(follower.store.update_state, change, expected_generation)
     except StoreError as exc:
-        raise Conflict(f"{exc}; try again") from None
+        raise store_conflict(exc) from None
     assert state.serving is not None
     audit_change(request, f"{action} to {state.serving[:12]} (was {short(before.serving)})", state.generation)
     await follower.sync()  # this worker serves it before answering; the others follow within their poll interval

@@ -27,6 +27,7 @@ from app.routes.admin import (
     require_admin,
     resolve_version,
     short,
+    store_conflict,
     validate_or_refuse,
 )
 from models.store import (
@@ -154,7 +155,7 @@ async def _write(follower: ModelFollower, change: Callable[[StoreState], StoreSt
     except NotInRole as exc:  # another change took the role away since this request read the state
         raise ModelNotFound(str(exc)) from None
     except StoreError as exc:
-        raise Conflict(f"{exc}; try again") from None
+        raise store_conflict(exc) from None
 
 
 def shadow_info(follower: ModelFollower, state: StoreState) -> ShadowInfo | None:
