@@ -5,10 +5,11 @@ The artifact may carry three optional parts, each named in its metadata's ``feat
 - ``calibration``: one temperature, fitted on the validation split by NLL. Dividing the logits by a
   positive number never changes their order, so every predicted class stays what it was.
 - ``ood``: an out-of-distribution detector. Each component turns an image into a raw score (higher:
-  less like the training data); each raw score is put on a common scale by the median and the
-  95th-percentile spread it had on real validation garments, and the image's ``ood_score`` is the
-  largest of them. ``in_distribution`` is ``ood_score <= threshold``, the threshold fixed on
-  validation so that 95% of real garments pass. One large component is enough to flag an image:
+  less like the training data); each raw score is put on a common scale by the median it had on real
+  validation garments and its distance to a chosen quantile of them (the fitting's choice, recorded
+  in the detector's details), and the image's ``ood_score`` is the largest of them.
+  ``in_distribution`` is ``ood_score <= threshold``, the threshold fixed on validation so that 95%
+  of real garments pass. One large component is enough to flag an image:
   each component sees a different way of not being a garment.
 - ``reference_outputs``: a few stored inputs and what this scoring gave on them at training time
   (see ``check_reference_outputs``).
