@@ -30,6 +30,7 @@ from app.metrics import Metrics
 from app.predictor import Predictor
 from app.service import InferenceService
 from app.traffic import Canary, Shadow
+from models import Artifact
 from models.store import ModelStore, StoreError, StoreState, Traffic
 from models.validation import Refused, validate_version
 
@@ -94,6 +95,7 @@ class ModelFollower:
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._validated: dict[str, Artifact] = {}  # checked by an admin change, for this process's next load
 
     async def start(self) -> None:
         await self.sync()
@@ -134,6 +136,7 @@ class ModelFollower:
             await self._follow(state)
             await self._follow_traffic(state)
             self._release_unnamed()
+            self._validated.clear()
 
     async def _follow(self, state: StoreState) -> None:
         for digest in _candidates(state):
@@ -195,12 +198,22 @@ class ModelFollower:
                 self.loaded[digest] = service
         return service
 
+    async def validate(self, digest: str) -> Artifact:
+        """Run the version's checks (Refused if it fails them) and keep what passed for this worker's next load.
+
+        An admin change validates before it writes the state and this worker follows at once: it then loads what
+        was just checked, in memory, rather than reading and checking the same immutable file a second time.
+        """
+        artifact = await asyncio.to_thread(
+            validate_version, self.store, digest, self.settings.min_accuracy, self.device
+        )
+        self._validated[digest] = artifact
+        return artifact
+
     async def _load(self, digest: str) -> InferenceService | None:
         started = time.perf_counter()
         try:
-            artifact = await asyncio.to_thread(
-                validate_version, self.store, digest, self.settings.min_accuracy, self.device
-            )
+            artifact = self._validated.pop(digest, None) or await self.validate(digest)
         except Refused as exc:
             self.refused[digest] = exc.reason
             log.error("version %s refused: %s", _short(digest), exc.detail)

@@ -19,7 +19,7 @@ from app.errors import Conflict, InvalidParameter, ModelNotFound
 from app.lifecycle import ModelFollower
 from app.schemas import error_responses
 from models.store import VERSION_ID, StaleState, StoreError, StoreState, VersionNotFound, refused
-from models.validation import Refused, validate_version
+from models.validation import Refused
 
 audit = logging.getLogger("app.audit")
 NO_STORE = "this server serves one file (FASHION_MODEL_PATH), not a model store (FASHION_MODEL_STORE)"
@@ -68,9 +68,8 @@ def resolve_version(follower: ModelFollower, version: str) -> str:
 
 async def validate_or_refuse(follower: ModelFollower, digest: str) -> None:
     """Refuse (409, with the reason) a version that would not pass; record the refusal in the state."""
-    settings = follower.settings
     try:
-        await asyncio.to_thread(validate_version, follower.store, digest, settings.min_accuracy, follower.device)
+        await follower.validate(digest)
     except Refused as exc:
         reason = exc.reason
         with contextlib.suppress(StoreError):  # a store this server cannot write: the refusal is answered all the same
