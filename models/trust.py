@@ -77,8 +77,13 @@ def pixel_centroids_score(
 
 
 def low_contrast_score(pixels: torch.Tensor, hidden: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Minus the spread of the pixel values: a blank or a flat field has almost none, a garment a lot."""
-    return -pixels.std(1)
+    """Minus the spread of the pixel values: a blank or a flat field has almost none, a garment a lot.
+
+    The sample standard deviation (torch's ``std``), as the norm of the centred pixels: equal to float rounding,
+    for a fraction of ``std``'s cost on a batch.
+    """
+    centred = pixels - pixels.mean(1, keepdim=True)
+    return -torch.linalg.vector_norm(centred, dim=1) / math.sqrt(pixels.shape[1] - 1)
 
 
 def pixel_deviation_score(
