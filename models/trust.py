@@ -83,7 +83,8 @@ def low_contrast_score(pixels: torch.Tensor, hidden: torch.Tensor, tensors: Mapp
     for a fraction of ``std``'s cost on a batch.
     """
     centred = pixels - pixels.mean(1, keepdim=True)
-    return -torch.linalg.vector_norm(centred, dim=1) / math.sqrt(pixels.shape[1] - 1)
+    spread: torch.Tensor = torch.linalg.vector_norm(centred, dim=1) / math.sqrt(pixels.shape[1] - 1)
+    return -spread
 
 
 def pixel_deviation_score(
