@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.logs import JsonFormatter
+from app.logs import ACCESS_LOGGER, AccessBufferingHandler, JsonFormatter
 from tests.conftest import garment, image_bytes, run_server
 
 API_KEY = "s3cret-Key-that-must-never-be-logged-7f3a"
@@ -349,3 +350,37 @@ def test_every_torch_load_is_weights_only() -> None:
                 calls.append((f"{source.relative_to(root)}:{node.lineno}", keywords.get("weights_only")))
     assert calls, "expected the artifact loader's torch.load"
     assert all(weights_only == "True" for _, weights_only in calls), calls
+
+
+def test_access_lines_go_out_in_blocks_and_before_any_other_line() -> None:
+    """Access lines wait for a block (or the interval); any other line first writes them, so the order holds."""
+
+    class CountingStream(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = CountingStream()
+    handler = AccessBufferingHandler(stream, flush_s=0.2, max_bytes=10_000)
+    handler.setFormatter(JsonFormatter())
+    access, other = logging.getLogger("app.access.test-block"), logging.getLogger("app.other.test-block")
+    for logger in (access, other):
+        logger.propagate, logger.handlers = False, [handler]
+        logger.setLevel(logging.INFO)
+    handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None))
+    handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None))
+    assert stream.getvalue() == ""  # pending
+    other.warning("something else")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == [ACCESS_LOGGER, ACCESS_LOGGER, "app.other.test-block"]
+    assert stream.writes == 1  # three lines, one write
+    handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "late", None, None))
+    deadline = time.monotonic() + 5
+    while '"late"' not in stream.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stream.getvalue().count("\n") == 4  # the interval wrote the lone line, without another record
+    for _ in range(200):  # a full block goes out at once
+        handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "x" * 100, None, None))
+    assert stream.getvalue().count("\n") >= 4 + 60
