@@ -33,10 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import update  # noqa: E402
-from bench.swap import ADMIN, RESULTS, SAMPLES, Tally, percentile, start  # noqa: E402
+from bench.swap import ADMIN, RESULTS, SAMPLES, Mode, Tally, percentile, start  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
 from tests.conftest import make_artifact  # noqa: E402  (the tests' helper)
+
+SERVER_POLL_S = 2.0  # the server's default; the one worker follows each change at once anyway
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -156,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         serving, other = [
             publish(store, make_artifact(Path(scratch), seed, 0.95), promote=seed == 1).digest for seed in (1, 2)
         ]
-        with start(store.root, 1, Path(scratch)) as url:
-            lines, passed = asyncio.run(measure(url, serving, other, args))
+        with start(store.root, Mode(workers=1), SERVER_POLL_S, Path(scratch)) as servers:
+            lines, passed = asyncio.run(measure(servers.url, serving, other, args))
     command = "python bench/traffic.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = [f"`{command.strip()}` ({os.cpu_count()} CPUs, one worker):", "", *lines, ""]
     section.append(f"Verdict (canary 8-12%, shadow never answers, p99 within 1.15x): {passed}")
