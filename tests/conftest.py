@@ -109,20 +109,22 @@ def run_server(env: dict[str, str], log_dir: Path, *uvicorn_args: str, wait_read
 @contextlib.contextmanager
 def serve_process(
     name: str,
-    python_args: list[str],
+    args: list[str],
     port: int,
     env: dict[str, str],
     log_dir: Path,
     ready_path: str,
     ready_timeout: float = 60,
     stop_timeout: float = 15,
+    executable: str = sys.executable,
 ) -> Iterator[LiveServer]:
-    """``python <python_args>`` from the repository root, serving on ``port``: wait for ``ready_path`` to answer
-    200, yield it, then SIGTERM it (SIGKILL after ``stop_timeout``). Its output goes to a log in ``log_dir``."""
+    """``<executable> <args>`` (python by default) from the repository root, serving on ``port``: wait for
+    ``ready_path`` to answer 200, yield it, then SIGTERM it (SIGKILL after ``stop_timeout``). Its output goes to a
+    log in ``log_dir``."""
     log_path = log_dir / f"{name}-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, *python_args],
+            [executable, *args],
             env={**os.environ, **env},
             stdout=log_file,
             stderr=subprocess.STDOUT,

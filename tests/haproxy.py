@@ -8,14 +8,9 @@ a caller can tell that each replica took its share.
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 from tests.conftest import LiveServer, free_port, serve_process
 
@@ -58,16 +53,6 @@ backend replicas
 """
 
 
-@dataclass
-class Balancer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 def haproxy_config(port: int, backends: list[str]) -> str:
     """The configuration for ``backends`` (``http://host:port`` each), named r1, r2, ... in X-Replica."""
     servers = "\n".join(
@@ -77,39 +62,15 @@ def haproxy_config(port: int, backends: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def run_haproxy(backends: list[str], work_dir: Path, ready_timeout: float = 15) -> Iterator[Balancer]:
+def run_haproxy(backends: list[str], work_dir: Path, ready_timeout: float = 15) -> Iterator[LiveServer]:
     """haproxy in the foreground (-db) in front of ``backends``; ready once /readyz answers 200 through it.
     Stopped with SIGTERM after; its configuration and log stay in ``work_dir``."""
     port = free_port()
     config = work_dir / f"haproxy-{port}.cfg"
     config.write_text(haproxy_config(port, backends))
-    log_path = work_dir / f"haproxy-{port}.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen([str(HAPROXY), "-db", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT)
-    balancer = Balancer(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        _wait_ready(balancer, ready_timeout)
+    args = ["-db", "-f", str(config)]
+    with serve_process("haproxy", args, port, {}, work_dir, "/readyz", ready_timeout, 10, str(HAPROXY)) as balancer:
         yield balancer
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_ready(balancer: Balancer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if balancer.process.poll() is not None:
-            raise RuntimeError(f"haproxy exited with {balancer.process.returncode}:\n{balancer.log()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(balancer.url + "/readyz", timeout=2).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"haproxy answered no 200 on /readyz in {timeout:g} s:\n{balancer.log()}")
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager
