@@ -79,6 +79,16 @@ def client(make_client: Callable[..., TestClient], settings: Settings) -> TestCl
     return make_client(settings)
 
 
+# Version names a client may send that name no version: not 12 to 64 lower-case hex (422), or not in the store (404).
+BAD_VERSION_NAMES = [
+    ("not-hex-at-all", 422),
+    ("ABCDEF012345", 422),  # upper case: versions are lower-case hex
+    ("abc123", 422),  # too short to name a version
+    ("..%2F..%2Fetc%2Fpasswd", 404),
+    ("0123456789ab0123456789ab", 404),  # hex, not in the store
+]
+
+
 @dataclass
 class LiveServer:
     """A real uvicorn process serving the app on a free loopback port."""

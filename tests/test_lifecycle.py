@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from app.config import Settings
 from models.publishing import publish
 from models.store import ModelStore, StoreState, activated
-from tests.conftest import garment, image_bytes, make_artifact, run_server
+from tests.conftest import BAD_VERSION_NAMES, garment, image_bytes, make_artifact, run_server
 
 ADMIN = "admin-key-for-tests"
 PNG = image_bytes(garment(), "PNG")
@@ -140,16 +140,7 @@ def test_activate_then_rollback_with_the_admin_key(
     assert response.json()["error"]["message"] == "no version served before this one: nothing to roll back to"
 
 
-@pytest.mark.parametrize(
-    ("version", "status"),
-    [
-        ("not-hex-at-all", 422),
-        ("ABCDEF012345", 422),  # upper case: versions are lower-case hex
-        ("abc123", 422),  # too short to name a version
-        ("..%2F..%2Fetc%2Fpasswd", 404),
-        ("0123456789ab0123456789ab", 404),  # hex, not in the store
-    ],
-)
+@pytest.mark.parametrize(("version", "status"), BAD_VERSION_NAMES)
 def test_a_version_is_hex_digits_of_a_stored_version(
     make_client: Callable[..., TestClient], versions: Versions, version: str, status: int
 ) -> None:

@@ -30,7 +30,7 @@ from models.store import (
     with_traffic,
     without_traffic,
 )
-from tests.conftest import image_bytes, make_artifact
+from tests.conftest import BAD_VERSION_NAMES, image_bytes, make_artifact
 from tests.test_lifecycle import ADMIN, PNG, admin, store_settings, wait_for
 
 ROLES = ["canary", "shadow"]
@@ -137,20 +137,11 @@ def test_traffic_changes_need_the_admin_key(make_client: Callable[..., TestClien
     assert store.store.read_state().canary is None and store.store.read_state().shadow is None
 
 
-VERSIONS = [
-    ("not-hex-at-all", 422),
-    ("ABCDEF012345", 422),  # upper case: versions are lower-case hex
-    ("abc123", 422),  # too short to name a version
-    ("..%2F..%2Fetc%2Fpasswd", 404),
-    ("0123456789ab0123456789ab", 404),  # hex, not in the store
-]
-
-
 def test_a_traffic_version_is_hex_digits_of_a_stored_version(
     make_client: Callable[..., TestClient], store: Store
 ) -> None:
     client = make_client(store.settings())
-    for version, status in VERSIONS:
+    for version, status in BAD_VERSION_NAMES:
         for role in ROLES:
             for method, body in (("PUT", {"percent": 10}), ("DELETE", None)):
                 response = change(client, method, version, role, json=body, headers=admin())
