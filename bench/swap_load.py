@@ -53,19 +53,23 @@ async def load(url: str, bodies: list[bytes], connections: int, seconds: float, 
             sent = index
             while time.monotonic() < deadline:
                 sent += 1
-                started = time.perf_counter()
-                try:
-                    files = {"file": ("x.png", bodies[sent % len(bodies)], "image/png")}
-                    response = await http.post("/predict", files=files)
-                except httpx.HTTPError:
-                    tally.transport_errors += 1
-                    continue
-                tally.latencies.append(time.perf_counter() - started)
-                tally.statuses[response.status_code] += 1
-                tally.versions[response.headers.get("x-model-version", "-")] += 1
-                tally.replicas[response.headers.get(REPLICA_HEADER, "-")] += 1
+                await upload(http, bodies[sent % len(bodies)], tally)
 
     await asyncio.gather(*(connection(i) for i in range(connections)))
+
+
+async def upload(http: httpx.AsyncClient, body: bytes, tally: Tally) -> None:
+    """One POST /predict of ``body``, tallied: latency, status, version and replica, or a transport error."""
+    started = time.perf_counter()
+    try:
+        response = await http.post("/predict", files={"file": ("x.png", body, "image/png")})
+    except httpx.HTTPError:
+        tally.transport_errors += 1
+        return
+    tally.latencies.append(time.perf_counter() - started)
+    tally.statuses[response.status_code] += 1
+    tally.versions[response.headers.get("x-model-version", "-")] += 1
+    tally.replicas[response.headers.get(REPLICA_HEADER, "-")] += 1
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -25,14 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import update  # noqa: E402
+from bench.swap import ADMIN, RESULTS, SAMPLES  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
 from tests.conftest import make_artifact  # noqa: E402  (the tests' helpers)
 from tests.haproxy import run_replicas  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-SAMPLES = sorted((ROOT / "app" / "static" / "samples").glob("*.png"))
-ADMIN = "bench-admin-key"
 GROWTH_LIMIT_MB = 50.0
 UPLOADS_PER_SWAP = 8
 REST_S = 3.0  # the old model's batcher stops once its last request ends; give it that before the last reading

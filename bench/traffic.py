@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.results_file import update  # noqa: E402
 from bench.swap import ADMIN, RESULTS, SAMPLES, Mode, Tally, percentile, start  # noqa: E402
+from bench.swap_load import upload  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
 from tests.conftest import make_artifact  # noqa: E402  (the tests' helper)
@@ -64,16 +65,7 @@ class Load:
         async def connection(http: httpx.AsyncClient) -> None:
             while remaining[0] > 0 and time.monotonic() < deadline:
                 remaining[0] -= 1
-                files = {"file": ("x.png", self.bodies[remaining[0] % len(self.bodies)], "image/png")}
-                started = time.perf_counter()
-                try:
-                    response = await http.post("/predict", files=files)
-                except httpx.HTTPError:
-                    tally.transport_errors += 1
-                    continue
-                tally.latencies.append(time.perf_counter() - started)
-                tally.statuses[response.status_code] += 1
-                tally.versions[response.headers.get("x-model-version", "-")] += 1
+                await upload(http, self.bodies[remaining[0] % len(self.bodies)], tally)
 
         await asyncio.gather(*(connection(http) for http in self.clients))
 
