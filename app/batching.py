@@ -11,17 +11,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
 from app.errors import ModelFailed, Overloaded
-from app.predictor import ModelOutput
+from app.predictor import ModelOutput, PixelBatch
 
 log = logging.getLogger("app.batching")
 
 
 @dataclass(slots=True)
 class _Job:
-    pixels: torch.Tensor  # (k, 28, 28) from one request
+    pixels: PixelBatch  # k images from one request
     future: asyncio.Future[tuple[ModelOutput, float]] = field(repr=False)
     queued_at: float  # loop time at submit, for the queue-wait metric
     answering: bool  # False for a shadow's run: it loads the model but answers nobody (the metrics tell them apart)
@@ -38,7 +36,7 @@ class Batcher:
 
     def __init__(
         self,
-        predict: Callable[[torch.Tensor], ModelOutput],
+        predict: Callable[[PixelBatch], ModelOutput],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -94,8 +92,8 @@ class Batcher:
                 job.future.set_exception(ModelFailed("the model queue failed on this request; retry it"))
         self.start()
 
-    async def submit(self, pixels: torch.Tensor, *, answering: bool = True) -> tuple[ModelOutput, float]:
-        """The model's output for ``pixels`` (k, 28, 28) and the seconds their batch spent in the model.
+    async def submit(self, pixels: PixelBatch, *, answering: bool = True) -> tuple[ModelOutput, float]:
+        """The model's output for ``pixels`` (k images) and the seconds their batch spent in the model.
 
         Raises Overloaded when the queue is full, rather than letting memory grow without bound. A job whose
         caller is cancelled while it waits is dropped from its batch.
@@ -117,7 +115,7 @@ class Batcher:
                 await self._forward(loop, live)
 
     async def _forward(self, loop: asyncio.AbstractEventLoop, jobs: list[_Job]) -> None:
-        pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([job.pixels for job in jobs])
+        pixels = PixelBatch.concat([job.pixels for job in jobs])
         started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps
         try:
             output = await loop.run_in_executor(self._executor, self._predict, pixels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,55 @@ from models import (
 from models.validation import Refused, check_reproduces
 
 INTENSITY_SCALE = 255 * IMAGE_SIDE * IMAGE_SIDE  # an image's pixel sum to its mean in 0..1
+IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
+
+
+@dataclass(frozen=True, slots=True)
+class PixelBatch:
+    """N images of 28x28 8-bit pixels, light-on-dark, in one bytes object: what the loop hands the model's thread.
+
+    Bytes, not a tensor, because of the GIL: torch drops and retakes it around every call, and on the event loop,
+    beside a model thread busy in torch, each retake waits its turn. So nothing on the loop makes a tensor per
+    request; the model's thread makes one per forward pass (``tensor``).
+    """
+
+    data: bytes
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 0 or len(self.data) != self.count * IMAGE_BYTES:
+            raise ValueError(f"{len(self.data)} bytes are not {self.count} images of {IMAGE_SIDE}x{IMAGE_SIDE}")
+
+    @classmethod
+    def of(cls, images: Sequence[bytes]) -> PixelBatch:
+        """Images of 784 bytes each, in order."""
+        return cls(images[0] if len(images) == 1 else b"".join(images), len(images))
+
+    @classmethod
+    def from_tensor(cls, pixels: torch.Tensor) -> PixelBatch:
+        """uint8 (N, 28, 28) pixels, as a protocol that sends tensors has them."""
+        if pixels.dtype != torch.uint8 or pixels.shape[-2:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(f"pixels must be uint8 (N, {IMAGE_SIDE}, {IMAGE_SIDE}), got {pixels.dtype} {pixels.shape}")
+        return cls(pixels.contiguous().numpy().tobytes(), len(pixels))
+
+    @classmethod
+    def concat(cls, batches: Sequence[PixelBatch]) -> PixelBatch:
+        if len(batches) == 1:
+            return batches[0]
+        return cls(b"".join(batch.data for batch in batches), sum(batch.count for batch in batches))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def image(self, index: int) -> bytes:
+        """The ``index``-th image's 784 bytes."""
+        if not 0 <= index < self.count:
+            raise IndexError(f"image {index} of a batch of {self.count}")
+        return self.data[index * IMAGE_BYTES : (index + 1) * IMAGE_BYTES]
+
+    def tensor(self) -> torch.Tensor:
+        """uint8 (N, 28, 28), a copy of its own (torch wants a writable buffer)."""
+        return torch.frombuffer(bytearray(self.data), dtype=torch.uint8).view(self.count, IMAGE_SIDE, IMAGE_SIDE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +205,9 @@ class Predictor:
                 return float(component.tensors["mean"].mean())
         return None
 
-    def predict(self, pixels: torch.Tensor) -> ModelOutput:
-        """uint8 (N, 28, 28) -> probabilities (calibrated when the artifact is) and, with a detector, OOD scores."""
+    def predict(self, batch: PixelBatch) -> ModelOutput:
+        """Pixels -> probabilities (calibrated when the artifact is) and, with a detector, OOD scores. Off the loop."""
+        pixels = batch.tensor()
         scores = self.scorer.score(pixels)
         pixel_sums = pixels.view(len(pixels), -1).sum(dim=1, dtype=torch.int64)
         return ModelOutput(
@@ -166,13 +217,13 @@ class Predictor:
             scores.in_distribution.tolist() if scores.in_distribution is not None else None,
         )
 
-    def explain(self, pixels: torch.Tensor) -> Explanation:
-        """DeepLIFT maps for the predicted classes (calibration never changes which class that is)."""
-        return explain(self.model, pixels)
+    def explain(self, batch: PixelBatch) -> Explanation:
+        """DeepLIFT maps for the predicted classes (calibration never changes which class that is). Off the loop."""
+        return explain(self.model, batch.tensor())
 
     def warm_up(self) -> None:
         """Run once so the first real request pays no lazy initialisation (allocator, kernels, cuDNN)."""
-        self.predict(torch.zeros(1, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8))
+        self.predict(PixelBatch(bytes(IMAGE_BYTES), 1))
 
     def parameter_values(self, name: str, count: int) -> list[float]:
         return self.model.get_parameter(name).detach().flatten()[:count].cpu().tolist()

@@ -118,7 +118,7 @@ def _prediction(
     best = ranked[0]
     input_image = None
     if options.return_input:
-        input_image = _png_data_url(pixels_to_png(result.pixels[index]))
+        input_image = _png_data_url(pixels_to_png(result.pixels.image(index)))
     return {
         "filename": filename,
         "class_index": best,

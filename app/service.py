@@ -10,13 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from app.auth import HeaderPairs
 from app.batching import Batcher
 from app.errors import InvalidParameter, ModelNotFound, NotReady
 from app.imaging import DecodedImage, InvertMode, decode_image, open_upload
-from app.predictor import ModelOutput, Predictor
+from app.predictor import ModelOutput, PixelBatch, Predictor
 from models import Explanation
 from models.store import VERSION_ID
 
@@ -33,7 +31,7 @@ class Classified:
     """One request's images as the model saw them, and what it said of each, in upload order."""
 
     output: ModelOutput
-    pixels: torch.Tensor  # uint8 (N, 28, 28)
+    pixels: PixelBatch
     inverted: list[bool]
     model_seconds: float
     model_version: str
@@ -70,7 +68,7 @@ class InferenceService:
     async def classify(self, images: list[bytes], invert: InvertMode, *, explain: bool = False) -> Classified:
         """Encoded images (any supported format) through the model, in order; with ``explain``, DeepLIFT maps too."""
         decoded = [await self._decode(data, invert) for data in images]
-        pixels = decoded[0].pixels[None] if len(decoded) == 1 else torch.stack([image.pixels for image in decoded])
+        pixels = PixelBatch.of([image.pixels for image in decoded])
         result = await self._classify(pixels, [image.inverted for image in decoded])
         if not explain:
             return result
@@ -78,11 +76,11 @@ class InferenceService:
             explanation = await asyncio.to_thread(self.predictor.explain, pixels)
         return dataclasses.replace(result, explanation=explanation)
 
-    async def classify_pixels(self, pixels: torch.Tensor) -> Classified:
-        """uint8 (N, 28, 28) pixels, already light-on-dark, through the model."""
+    async def classify_pixels(self, pixels: PixelBatch) -> Classified:
+        """Pixels already fitted and light-on-dark, through the model."""
         return await self._classify(pixels, [False] * len(pixels))
 
-    async def _classify(self, pixels: torch.Tensor, inverted: list[bool]) -> Classified:
+    async def _classify(self, pixels: PixelBatch, inverted: list[bool]) -> Classified:
         output, seconds = await self.run_model(pixels)
         result = Classified(output, pixels, inverted, seconds, self.predictor.version, self.predictor.class_names)
         self.answered += 1
@@ -92,7 +90,7 @@ class InferenceService:
             self.mirror(result)
         return result
 
-    async def run_model(self, pixels: torch.Tensor, *, answering: bool = True) -> tuple[ModelOutput, float]:
+    async def run_model(self, pixels: PixelBatch, *, answering: bool = True) -> tuple[ModelOutput, float]:
         """Through the batcher when there is one, so every protocol shares one queue and its back-pressure.
 
         No mirror here, and a run that is not ``answering`` (a shadow's) counts as the model's work only, not in
@@ -104,7 +102,7 @@ class InferenceService:
         finally:
             self.in_flight -= 1
 
-    async def _forward(self, pixels: torch.Tensor, answering: bool) -> tuple[ModelOutput, float]:
+    async def _forward(self, pixels: PixelBatch, answering: bool) -> tuple[ModelOutput, float]:
         if self.batcher is not None:
             return await self.batcher.submit(pixels, answering=answering)
         started = time.perf_counter()  # not loop.time(): uvloop's clock has millisecond steps

@@ -21,11 +21,16 @@ from torch import nn
 from app.batching import Batcher
 from app.config import Settings
 from app.errors import ModelFailed, Overloaded
+from app.predictor import IMAGE_BYTES, PixelBatch
 from tests.conftest import garment, image_bytes
 
 PNG = image_bytes(garment(), "PNG")
 BIG_PNG = image_bytes(garment((200, 200)), "PNG")
 TRUNCATED = BIG_PNG[: len(BIG_PNG) // 2]  # a header Pillow accepts, then no pixels
+
+
+def blank(count: int) -> PixelBatch:
+    return PixelBatch(bytes(IMAGE_BYTES * count), count)
 
 
 class GatedModel(nn.Module):
@@ -177,7 +182,7 @@ def test_predict_checks_the_api_key(make_client: Callable[..., TestClient], sett
 def test_batcher_never_exceeds_max_batch_size_and_never_splits_a_request() -> None:
     sizes: list[int] = []
 
-    def model(pixels: torch.Tensor) -> torch.Tensor:
+    def model(pixels: PixelBatch) -> torch.Tensor:
         sizes.append(len(pixels))
         time.sleep(0.01)  # let the queue fill behind each batch
         return torch.full((len(pixels), 10), 0.1)
@@ -186,9 +191,9 @@ def test_batcher_never_exceeds_max_batch_size_and_never_splits_a_request() -> No
         batcher = Batcher(model, max_batch_size=8, max_wait_s=0, max_queue=100)
         batcher.start()
         try:
-            lone = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            lone = asyncio.ensure_future(batcher.submit(blank(1)))
             await asyncio.sleep(0.005)  # the batcher took it at once, alone
-            rest = [batcher.submit(torch.zeros(k, 28, 28, dtype=torch.uint8)) for k in (3, 3, 3, 5, 2, 8, 1)]
+            rest = [batcher.submit(blank(k)) for k in (3, 3, 3, 5, 2, 8, 1)]
             results = await asyncio.gather(lone, *rest)
         finally:
             await batcher.stop()
@@ -203,7 +208,7 @@ def test_batcher_refuses_beyond_max_queue_without_queueing() -> None:
     async def run() -> None:
         batcher = Batcher(lambda p: torch.zeros(len(p), 10), max_batch_size=4, max_wait_s=0, max_queue=3)
         with pytest.raises(Overloaded) as refused:
-            await batcher.submit(torch.zeros(4, 28, 28, dtype=torch.uint8))
+            await batcher.submit(blank(4))
         assert refused.value.retry_after_s == 1
         assert batcher.queued_images == 0
         await batcher.stop()
@@ -214,7 +219,7 @@ def test_batcher_refuses_beyond_max_queue_without_queueing() -> None:
 def test_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
     sizes: list[int] = []
 
-    def model(pixels: torch.Tensor) -> torch.Tensor:
+    def model(pixels: PixelBatch) -> torch.Tensor:
         sizes.append(len(pixels))
         return torch.zeros(len(pixels), 10)
 
@@ -222,10 +227,10 @@ def test_batcher_waits_up_to_max_wait_for_a_batch_to_fill() -> None:
         batcher = Batcher(model, max_batch_size=4, max_wait_s=0.5, max_queue=100)
         batcher.start()
         try:
-            first = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            first = asyncio.ensure_future(batcher.submit(blank(1)))
             await asyncio.sleep(0.05)  # the batcher is waiting for company, not computing
             assert sizes == []
-            rest = [batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)) for _ in range(3)]
+            rest = [batcher.submit(blank(1)) for _ in range(3)]
             await asyncio.gather(first, *rest)
         finally:
             await batcher.stop()
@@ -258,7 +263,7 @@ def test_a_job_cancelled_while_queued_leaves_its_batch() -> None:
     sizes: list[int] = []
     release = threading.Event()
 
-    def model(pixels: torch.Tensor) -> torch.Tensor:
+    def model(pixels: PixelBatch) -> torch.Tensor:
         sizes.append(len(pixels))
         release.wait(10)
         return torch.zeros(len(pixels), 10)
@@ -267,10 +272,10 @@ def test_a_job_cancelled_while_queued_leaves_its_batch() -> None:
         batcher = Batcher(model, max_batch_size=64, max_wait_s=0, max_queue=100)
         batcher.start()
         try:
-            holding = asyncio.ensure_future(batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8)))
+            holding = asyncio.ensure_future(batcher.submit(blank(1)))
             await asyncio.sleep(0.05)  # the model holds the first job
-            leaving = asyncio.ensure_future(batcher.submit(torch.zeros(5, 28, 28, dtype=torch.uint8)))
-            staying = asyncio.ensure_future(batcher.submit(torch.zeros(2, 28, 28, dtype=torch.uint8)))
+            leaving = asyncio.ensure_future(batcher.submit(blank(5)))
+            staying = asyncio.ensure_future(batcher.submit(blank(2)))
             await asyncio.sleep(0.01)
             leaving.cancel()  # its client went away while it waited
             release.set()
@@ -303,9 +308,9 @@ def test_a_dead_batcher_worker_fails_what_was_queued_and_is_restarted() -> None:
         batcher.start()
         try:
             with pytest.raises(ModelFailed):
-                await batcher.submit(torch.zeros(1, 28, 28, dtype=torch.uint8))
+                await batcher.submit(blank(1))
             await asyncio.sleep(0)  # the done-callback has run: a new worker is up
-            output, _seconds = await asyncio.wait_for(batcher.submit(torch.zeros(3, 28, 28, dtype=torch.uint8)), 5)
+            output, _seconds = await asyncio.wait_for(batcher.submit(blank(3)), 5)
             assert len(output) == 3
             assert batcher.restarts == 1
             assert batcher.queued_images == 0
@@ -313,3 +318,16 @@ def test_a_dead_batcher_worker_fails_what_was_queued_and_is_restarted() -> None:
             await batcher.stop()
 
     asyncio.run(run())
+
+
+def test_a_pixel_batch_keeps_each_image_in_order_through_concat_and_back_to_a_tensor() -> None:
+    images = torch.arange(3 * 28 * 28, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, 28, 28)
+    first, rest = PixelBatch.from_tensor(images[:1]), PixelBatch.from_tensor(images[1:])
+    joined = PixelBatch.concat([first, rest])
+    assert len(joined) == 3 and torch.equal(joined.tensor(), images)
+    assert [joined.image(i) for i in range(3)] == [images[i].numpy().tobytes() for i in range(3)]
+    assert PixelBatch.of([joined.image(2), joined.image(0)]).tensor().equal(images[[2, 0]])
+    with pytest.raises(ValueError, match="not 2 images"):
+        PixelBatch(bytes(IMAGE_BYTES), 2)
+    with pytest.raises(IndexError):
+        joined.image(3)

@@ -6,7 +6,6 @@ import io
 from dataclasses import dataclass
 from enum import StrEnum
 
-import torch
 from PIL import Image
 
 from models import IMAGE_SIDE, has_light_background  # the rule training's evaluation sets apply too
@@ -25,14 +24,14 @@ class InvertMode(StrEnum):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    pixels: torch.Tensor  # uint8, 28 x 28, light object on dark background
+    pixels: bytes  # 28 x 28 8-bit gray, row by row, light object on dark background (no tensor: see PixelBatch)
     format: str
     width: int
     height: int
     inverted: bool
 
 
-def fit(image: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
+def fit(image: Image.Image, invert: InvertMode) -> tuple[bytes, bool]:
     """Every decoder ends here (shrink, grayscale, resize, invert, pad), so all of them give the same pixels."""
     gray = to_grayscale(box_reduced(image))
     if gray.size != (IMAGE_SIDE, IMAGE_SIDE):
@@ -40,7 +39,7 @@ def fit(image: Image.Image, invert: InvertMode) -> tuple[torch.Tensor, bool]:
     return fit_bytes(gray.tobytes(), gray.width, gray.height, invert)
 
 
-def fit_bytes(fitted: bytes, width: int, height: int, invert: InvertMode) -> tuple[torch.Tensor, bool]:
+def fit_bytes(fitted: bytes, width: int, height: int, invert: InvertMode) -> tuple[bytes, bool]:
     """Gray pixels already at most 28x28: invert if asked (or if the border is light), then centre them."""
     should_invert = invert == InvertMode.TRUE or (invert == InvertMode.AUTO and has_light_background(fitted, width))
     if should_invert:
@@ -77,17 +76,16 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def pad_to_square(pixels: bytes, width: int, height: int) -> torch.Tensor:
-    """Centre (height, width) 8-bit pixels, both sides at most 28, on a dark 28x28 canvas, as a uint8 tensor."""
+def pad_to_square(pixels: bytes, width: int, height: int) -> bytes:
+    """Centre (height, width) 8-bit pixels, both sides at most 28, on a dark 28x28 canvas."""
     if (width, height) == (IMAGE_SIDE, IMAGE_SIDE):
-        canvas = bytearray(pixels)
-    else:
-        canvas = bytearray(IMAGE_SIDE * IMAGE_SIDE)
-        top, left = (IMAGE_SIDE - height) // 2, (IMAGE_SIDE - width) // 2
-        for row in range(height):
-            start = (top + row) * IMAGE_SIDE + left
-            canvas[start : start + width] = pixels[row * width : (row + 1) * width]
-    return torch.frombuffer(canvas, dtype=torch.uint8).view(IMAGE_SIDE, IMAGE_SIDE)
+        return bytes(pixels)
+    canvas = bytearray(IMAGE_SIDE * IMAGE_SIDE)
+    top, left = (IMAGE_SIDE - height) // 2, (IMAGE_SIDE - width) // 2
+    for row in range(height):
+        start = (top + row) * IMAGE_SIDE + left
+        canvas[start : start + width] = pixels[row * width : (row + 1) * width]
+    return bytes(canvas)
 
 
 def contained_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -96,9 +94,9 @@ def contained_size(size: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def pixels_to_png(pixels: torch.Tensor) -> bytes:
+def pixels_to_png(pixels: bytes) -> bytes:
     """The 28x28 image the model saw, as PNG bytes (for return_input)."""
-    image = Image.frombytes("L", (IMAGE_SIDE, IMAGE_SIDE), pixels.contiguous().numpy().tobytes())
+    image = Image.frombytes("L", (IMAGE_SIDE, IMAGE_SIDE), pixels)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from app.errors import InvalidRequest, PayloadTooLarge
 from app.imaging import InvertMode
+from app.predictor import PixelBatch
 from app.service import Classified
 from models import IMAGE_SIDE, NUM_CLASSES
 
@@ -134,7 +135,7 @@ def _tensor_bytes(tensor: RequestInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def pixels(call: InferCall) -> torch.Tensor:
+def pixels(call: InferCall) -> PixelBatch:
     """FP32 [N,1,28,28] or [N,784] in [0,1] to the model's uint8 (N,28,28).
 
     The model was trained on 8-bit images, so values are rounded to the nearest k/255: exact for any
@@ -153,7 +154,7 @@ def pixels(call: InferCall) -> torch.Tensor:
         values = _fp32_from_json(tensor, expected)
     if not bool(torch.isfinite(values).all()) or values.min() < 0 or values.max() > 1:
         raise InvalidRequest(f"input '{tensor.name}' must hold pixel values in [0, 1]")
-    return values.mul(255).round().to(torch.uint8).view(shape[0], IMAGE_SIDE, IMAGE_SIDE)
+    return PixelBatch.from_tensor(values.mul(255).round().to(torch.uint8).view(shape[0], IMAGE_SIDE, IMAGE_SIDE))
 
 
 def _fp32_from_json(tensor: RequestInput, expected: int) -> torch.Tensor:
