@@ -54,6 +54,7 @@ import workloads  # noqa: E402
 from app.imaging import decode_image, fit, jpeg, open_upload, png  # noqa: E402
 from app.imaging.fit import InvertMode  # noqa: E402
 from app.imaging.pillow import fit_image, open_image, upright  # noqa: E402
+from app.predictor import PixelBatch  # noqa: E402
 from app.service import INLINE_DECODE_BYTES, INLINE_DECODE_PIXELS  # noqa: E402
 from models import load_artifact, pixels_to_input  # noqa: E402
 
@@ -314,7 +315,7 @@ def agreement(model_path: Path, count: int) -> list[str]:
     for resample in (Image.Resampling.BICUBIC, Image.Resampling.LANCZOS):
         decode = patched(lambda: [decode_image(data).pixels for data in encoded], RESAMPLE=resample)
         with torch.no_grad():
-            logits = model(pixels_to_input(torch.stack(decode())))  # type: ignore[arg-type]
+            logits = model(pixels_to_input(PixelBatch.of(decode()).tensor()))  # type: ignore[arg-type]
         answers[resample] = logits.argmax(1).tolist()
     bicubic, lanczos = answers[Image.Resampling.BICUBIC], answers[Image.Resampling.LANCZOS]
     same = sum(a == b for a, b in zip(bicubic, lanczos, strict=True))
