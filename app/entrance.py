@@ -15,10 +15,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import ServiceError
 from app.http_errors import error_response
-from app.rest import MODEL_VERSION_HEADER, answer_predict
+from app.rest import answer_predict
+from app.service import MODEL_VERSION_HEADER_RAW
 
 PATH = "/predict"
-MODEL_VERSION_HEADER_RAW = MODEL_VERSION_HEADER.lower().encode()
 
 
 class PredictEntrance:

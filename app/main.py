@@ -25,8 +25,8 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.oip import routes as oip
 from app.predictor import Predictor
-from app.rest import MODEL_VERSION_HEADER
 from app.routes import docs, health, model, models, predict, ui
+from app.service import MODEL_VERSION_HEADER
 from models import ArtifactError, resolve_device
 from models.store import ModelStore
 

@@ -49,7 +49,7 @@ class PixelBatch:
     @classmethod
     def of(cls, images: Sequence[bytes]) -> PixelBatch:
         """Images of 784 bytes each, in order."""
-        return cls(images[0] if len(images) == 1 else b"".join(images), len(images))
+        return cls(b"".join(images), len(images))
 
     @classmethod
     def from_tensor(cls, pixels: torch.Tensor) -> PixelBatch:

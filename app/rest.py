@@ -35,9 +35,6 @@ class PredictOptions:
     explain: bool
 
 
-MODEL_VERSION_HEADER = "X-Model-Version"  # every answer names the version that computed it, in a header too
-
-
 class PredictAnswer(NamedTuple):
     payload: bytes  # the JSON body
     images: int  # how many images it classified

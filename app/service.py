@@ -131,7 +131,8 @@ def require_service(state: Any) -> InferenceService:
     return service
 
 
-PIN_HEADER = b"x-model-version"  # a client pins a loaded version with it; every answer carries it too
+MODEL_VERSION_HEADER = "X-Model-Version"  # a client pins a loaded version with it; every answer names its own
+MODEL_VERSION_HEADER_RAW = MODEL_VERSION_HEADER.lower().encode()  # as ASGI header lists carry it
 
 
 def choose_service(state: Any, headers: HeaderPairs) -> InferenceService:
@@ -142,7 +143,7 @@ def choose_service(state: Any, headers: HeaderPairs) -> InferenceService:
     serving = require_service(state)
     pin = None
     for name, value in headers:
-        if name == PIN_HEADER:
+        if name == MODEL_VERSION_HEADER_RAW:
             if pin is not None:
                 raise InvalidParameter("header.x-model-version: send it once")
             pin = value

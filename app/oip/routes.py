@@ -20,9 +20,15 @@ from app.deps import require_api_key
 from app.errors import ModelNotFound, NotReady
 from app.http_errors import OIP_PREFIX
 from app.oip import codec
-from app.rest import MODEL_VERSION_HEADER
 from app.schemas import error_responses
-from app.service import InferenceService, choose_service, find_loaded, loaded_services, require_service
+from app.service import (
+    MODEL_VERSION_HEADER,
+    InferenceService,
+    choose_service,
+    find_loaded,
+    loaded_services,
+    require_service,
+)
 from models.store import VERSION_ID
 
 router = APIRouter(prefix=OIP_PREFIX, tags=["open inference protocol (v2)"])

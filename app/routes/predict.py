@@ -7,8 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.imaging import InvertMode
-from app.rest import MODEL_VERSION_HEADER, answer_predict
+from app.rest import answer_predict
 from app.schemas import BatchPredictResponse, PredictResponse, error_responses
+from app.service import MODEL_VERSION_HEADER
 
 router = APIRouter(tags=["predict"])
 
