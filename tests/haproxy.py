@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.conftest import LiveServer, free_port, serve_process
+from tests.fashion_serve import run_fashion_serve
 
 HAPROXY = Path("/usr/sbin/haproxy")
 REPLICA_HEADER = "X-Replica"
@@ -80,9 +81,7 @@ def run_replicas(count: int, env: dict[str, str], log_dir: Path, workers: int = 
     with contextlib.ExitStack() as stack, ThreadPoolExecutor(count) as pool:
 
         def start(_: int) -> LiveServer:
-            port = free_port()
-            command = ["-m", "app.cli", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-            return stack.enter_context(serve_process("fashion-serve", command, port, env, log_dir, "/readyz", 120, 30))
+            return stack.enter_context(run_fashion_serve(env, log_dir, "--workers", str(workers), ready_timeout=120))
 
         servers = list(pool.map(start, range(count)))
         yield servers
