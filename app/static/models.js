@@ -59,10 +59,6 @@ const modelsView = (() => {
     showChoices(versions);
     const before = body.history && body.history.length ? body.history[body.history.length - 1] : null;
     $("rollback-hint").textContent = before ? `to ${before}, which served before` : "nothing served before this one";
-    // The server sends shadow and canary (null when off) only once it can run them.
-    $("shadow-controls").hidden = !("shadow" in body);
-    $("canary-controls").hidden = !("canary" in body);
-    $("percent-field").hidden = !("shadow" in body || "canary" in body);
     for (const role of ["shadow", "canary"]) {
       $(`${role}-stop`).hidden = !body[role];
       $(`${role}-stop`).textContent = body[role] ? `Stop ${role} (${body[role].version})` : `Stop ${role}`;
