@@ -365,10 +365,9 @@ def test_access_lines_go_out_in_blocks_and_before_any_other_line() -> None:
     stream = CountingStream()
     handler = AccessBufferingHandler(stream, flush_s=0.2, max_bytes=10_000)
     handler.setFormatter(JsonFormatter())
-    access, other = logging.getLogger("app.access.test-block"), logging.getLogger("app.other.test-block")
-    for logger in (access, other):
-        logger.propagate, logger.handlers = False, [handler]
-        logger.setLevel(logging.INFO)
+    other = logging.getLogger("app.other.test-block")
+    other.propagate, other.handlers = False, [handler]
+    other.setLevel(logging.INFO)
     handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None))
     handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None))
     assert stream.getvalue() == ""  # pending

@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from app.config import Settings
+from app.predictor import PixelBatch
 from models.publishing import publish
 from models.store import (
     ModelStore,
@@ -315,7 +316,7 @@ def test_the_shadow_is_skipped_while_live_requests_are_in_the_model(
     serving = client.app.state.service  # type: ignore[attr-defined]
     real_predict, entered, gate = serving.batcher._predict, threading.Event(), threading.Event()
 
-    def gated_predict(pixels: torch.Tensor) -> object:
+    def gated_predict(pixels: PixelBatch) -> object:
         entered.set()
         assert gate.wait(10)
         return real_predict(pixels)
@@ -344,7 +345,7 @@ def test_a_failing_shadow_never_touches_the_answers(make_client: Callable[..., T
     start(client, store.other, "shadow", 100)
     shadow = client.app.state.follower.shadow  # type: ignore[attr-defined]
 
-    def broken(pixels: torch.Tensor) -> object:
+    def broken(pixels: PixelBatch) -> object:
         raise RuntimeError("a bug in the shadow version")
 
     shadow.service.batcher._predict = broken
