@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.results_file import update  # noqa: E402
-from bench.swap import ADMIN, RESULTS, SAMPLES, Mode, Tally, percentile, start  # noqa: E402
-from bench.swap_load import upload  # noqa: E402
+from bench.swap import ADMIN, RESULTS, SAMPLES, Mode, start  # noqa: E402
+from bench.swap_load import Tally, percentile, upload  # noqa: E402
 from models.publishing import publish  # noqa: E402
 from models.store import ModelStore  # noqa: E402
 from tests.conftest import make_artifact  # noqa: E402  (the tests' helper)
@@ -46,7 +46,7 @@ ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 class Load:
     """``connections`` clients made once and reused by every phase: a phase measures the server, not the clients'
-    start-up (an httpx client costs milliseconds of CPU to make, and its first request a connection)."""
+    start-up (making an httpx client costs CPU, and its first request a connection)."""
 
     def __init__(self, url: str, connections: int) -> None:
         self.clients = [httpx.AsyncClient(base_url=url, timeout=60) for _ in range(connections)]
@@ -81,9 +81,9 @@ async def canary_share(load: Load, canary: str, args: argparse.Namespace) -> tup
     tally = Tally()
     await load.run(tally, total=args.answers)
     await load.change("DELETE", f"/models/{canary[:12]}/canary")
-    answered = sum(tally.statuses.values())
+    answered = len(tally.latencies)
     share = tally.versions[canary[:12]] / answered
-    failed = answered - tally.statuses[200] + tally.transport_errors
+    failed = tally.non_2xx + tally.transport_errors
     line = f"- canary at 10%: {tally.versions[canary[:12]]} of {answered} answers ({100 * share:.2f}%); failed {failed}"
     return [line], 0.08 <= share <= 0.12 and failed == 0
 
