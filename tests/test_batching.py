@@ -22,7 +22,7 @@ from app.batching import Batcher
 from app.config import Settings
 from app.errors import ModelFailed, Overloaded
 from app.predictor import IMAGE_BYTES, PixelBatch
-from tests.conftest import garment, image_bytes
+from tests.conftest import garment, image_bytes, wait_for
 
 PNG = image_bytes(garment(), "PNG")
 BIG_PNG = image_bytes(garment((200, 200)), "PNG")
@@ -62,13 +62,6 @@ def gated(client: TestClient) -> Iterator[GatedModel]:
 
 def predict(client: TestClient, data: bytes = PNG, name: str = "g.png", **params: str) -> httpx.Response:
     return client.post("/predict", files={"file": (name, data, "image/png")}, params=params)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def queue_behind_first_batch(

@@ -30,7 +30,8 @@ from app.main import create_app
 from models import CLASS_NAMES
 from models.publishing import publish
 from models.store import ModelStore, activated
-from tests.conftest import make_artifact
+from tests.conftest import make_artifact, wait_for
+from tests.test_lifecycle import store_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -424,9 +425,7 @@ def serve_store(tmp_path: Path, **overrides: object) -> Iterator[StoreServer]:
     other = publish(store, make_artifact(tmp_path, 2, accuracy=0.91), promote=False).digest
     weak = publish(store, make_artifact(tmp_path, 3, accuracy=0.5)).digest
     assert store.read_state().serving == serving and weak in store.read_state().refused
-    values: dict[str, object] = {"model_store": store.root, "model_poll_s": 0.05, "device": "cpu"}
-    values["log_level"] = "warning"
-    with serve(Settings(**(values | overrides))) as url:  # type: ignore[arg-type]
+    with serve(store_settings(store, log_level="warning", **overrides)) as url:
         yield StoreServer(url, store, serving, other, weak)
 
 
@@ -602,9 +601,7 @@ def test_models_view_names_what_the_store_names_when_this_worker_serves_another(
     expect(page.locator("#models-note")).to_be_hidden()
     # An operator edits the state by hand to name the refused version: the worker keeps the last good one.
     store_server.store.update_state(lambda state: activated(state, store_server.weak, "by hand"))
-    deadline = time.monotonic() + 10
-    while store_server.models()["note"] is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: store_server.models()["note"] is not None, "the worker's note on the refused version", 10)
     page.get_by_role("button", name="Refresh").click()
     note = page.locator("#models-note")
     expect(note).to_contain_text(f"The state names {store_server.weak[:12]}, which this worker refused")
@@ -640,9 +637,8 @@ def test_models_view_starts_and_stops_a_real_shadow_and_canary(
     assert store_server.models()["shadow"]["version"] == other
     for _ in range(3):
         assert httpx.post(f"{store_server.url}/predict", files={"file": ("s.png", SAMPLE_BAG)}).status_code == 200
-    deadline = time.monotonic() + 10  # the shadow runs off the response path: its tally follows the answers
-    while store_server.models()["shadow"]["compared"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # The shadow runs off the response path: its tally follows the answers.
+    wait_for(lambda: store_server.models()["shadow"]["compared"] >= 3, "the shadow to compare three answers", 10)
     page.get_by_role("button", name="Refresh").click()
     expect(page.locator("#models-summary")).to_contain_text(
         re.compile(rf"Shadow{other} at 100%agrees on [\d.]+% of 3 compared · \d+ skipped")

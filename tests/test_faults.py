@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 
 from app.config import Settings
 from models import NeuralNetwork
-from tests.conftest import garment, image_bytes
+from tests.conftest import garment, image_bytes, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -214,13 +213,6 @@ class FlakyModel(torch.nn.Module):
         return output
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 @pytest.fixture
 def app_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """caplog for the app's loggers, which do not propagate to the root logger."""
@@ -242,7 +234,7 @@ def test_model_failure_fails_only_its_batch_and_the_next_batch_works(
         first = pool.submit(predict, client, "first")  # batch 1: holds the model
         assert flaky.entered.wait(60)
         doomed = [pool.submit(predict, client, f"doomed-{i}") for i in range(4)]  # queue up: batch 2
-        _wait_for(lambda: service.batcher.queued_images == 4, "four queued images")
+        wait_for(lambda: service.batcher.queued_images == 4, "four queued images", 60)
         flaky.release.set()
         assert first.result(60).status_code == 200
         for i, future in enumerate(doomed):

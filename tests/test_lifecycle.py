@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from app.config import Settings
 from models.publishing import publish
 from models.store import ModelStore, StoreState, activated
-from tests.conftest import BAD_VERSION_NAMES, garment, image_bytes, make_artifact, run_server
+from tests.conftest import BAD_VERSION_NAMES, garment, image_bytes, make_artifact, run_server, wait_for
 
 ADMIN = "admin-key-for-tests"
 PNG = image_bytes(garment(), "PNG")
@@ -239,13 +239,6 @@ def test_a_request_finishes_on_the_version_it_started_on(
     request.join(10)
     assert answers == [versions.good[:12]]
     wait_for(lambda: old.batcher is None, "the old batcher to stop")
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_the_admin_key_must_differ_from_the_api_key() -> None:

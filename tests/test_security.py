@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.logs import ACCESS_LOGGER, AccessBufferingHandler, JsonFormatter
-from tests.conftest import garment, image_bytes, run_server
+from tests.conftest import garment, image_bytes, run_server, wait_for
 
 API_KEY = "s3cret-Key-that-must-never-be-logged-7f3a"
 PROTECTED = [
@@ -376,9 +375,7 @@ def test_access_lines_go_out_in_blocks_and_before_any_other_line() -> None:
     assert [line["logger"] for line in lines] == [ACCESS_LOGGER, ACCESS_LOGGER, "app.other.test-block"]
     assert stream.writes == 1  # three lines, one write
     handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "late", None, None))
-    deadline = time.monotonic() + 5
-    while '"late"' not in stream.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: '"late"' in stream.getvalue(), "the interval to write the lone line", 5)
     assert stream.getvalue().count("\n") == 4  # the interval wrote the lone line, without another record
     for _ in range(200):  # a full block goes out at once
         handler.emit(logging.LogRecord(ACCESS_LOGGER, logging.INFO, "", 0, "x" * 100, None, None))

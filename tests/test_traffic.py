@@ -31,8 +31,8 @@ from models.store import (
     with_traffic,
     without_traffic,
 )
-from tests.conftest import BAD_VERSION_NAMES, image_bytes, make_artifact
-from tests.test_lifecycle import ADMIN, PNG, admin, store_settings, wait_for
+from tests.conftest import BAD_VERSION_NAMES, image_bytes, make_artifact, wait_for
+from tests.test_lifecycle import ADMIN, PNG, admin, store_settings
 
 ROLES = ["canary", "shadow"]
 
