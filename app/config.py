@@ -46,7 +46,10 @@ class Settings(BaseSettings):
         0.90, ge=0, le=1, description="a store version whose recorded accuracy is below this never serves"
     )
     admin_key: SecretStr | None = Field(
-        None, description="if set, model changes (activate, rollback, canary, shadow) need 'Authorization: Bearer <admin key>'"
+        None,
+        description=(
+            "if set, model changes (activate, rollback, canary, shadow) need 'Authorization: Bearer <admin key>'"
+        ),
     )
     device: str = Field("auto", description="auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu")
     require_model: bool = Field(
