@@ -26,8 +26,38 @@ async function callApi(path, init = {}) {
   return { response, body };
 }
 
+function errorDetail(body) {
+  return body && body.error && body.error.message ? body.error.message : "";
+}
+
+// A term and its value (and a smaller detail under it) for a <dl>.
+function fact(term, value, detail) {
+  const group = document.createElement("div");
+  const dt = document.createElement("dt");
+  dt.textContent = term;
+  const dd = document.createElement("dd");
+  dd.textContent = value;
+  if (detail) {
+    const small = document.createElement("span");
+    small.className = "fact-detail";
+    small.textContent = detail;
+    dd.append(small);
+  }
+  group.append(dt, dd);
+  return group;
+}
+
+// data-label names the column on a phone, where the header row is hidden and the cells stack.
+function cell(content, className = "", label = "") {
+  const td = document.createElement("td");
+  td.append(content);
+  td.className = className;
+  if (label) td.dataset.label = label;
+  return td;
+}
+
 function describeError(response, body) {
-  const detail = body && body.error && body.error.message ? body.error.message : response.statusText;
+  const detail = errorDetail(body) || response.statusText;
   const retry = response.headers.get("Retry-After");
   switch (response.status) {
     case 400:
@@ -328,15 +358,7 @@ function showLayers(params, info) {
     const accuracy = info.metadata && info.metadata.test_accuracy;
     if (typeof accuracy === "number") facts.push(["Test accuracy", formatPercent(accuracy)]);
   }
-  for (const [term, value] of facts) {
-    const group = document.createElement("div");
-    const dt = document.createElement("dt");
-    dt.textContent = term;
-    const dd = document.createElement("dd");
-    dd.textContent = value;
-    group.append(dt, dd);
-    summary.append(group);
-  }
+  summary.append(...facts.map(([term, value]) => fact(term, value)));
   const layers = describeModules(params.module_tree);
   const groups = new Map(); // module path -> its parameters, in the order the model lists them
   for (const p of params.parameters) {
@@ -348,13 +370,13 @@ function showLayers(params, info) {
     const body = document.createElement("tbody");
     const header = document.createElement("tr");
     header.className = "layer";
-    const cell = document.createElement("th");
-    cell.scope = "rowgroup";
-    cell.colSpan = 8;
+    const heading = document.createElement("th");
+    heading.scope = "rowgroup";
+    heading.colSpan = 8;
     const code = document.createElement("code");
     code.textContent = path || "(top level)";
-    cell.append(code, ` ${layers.get(path) || ""}`);
-    header.append(cell);
+    heading.append(code, ` ${layers.get(path) || ""}`);
+    header.append(heading);
     body.append(header, ...members.map(parameterRow));
     return body;
   });
@@ -391,12 +413,7 @@ function parameterRow(p) {
     [formatStat(p.std), "num"],
     [formatStat(p.min), "num"],
     [formatStat(p.max), "num"],
-  ].map(([text, className]) => {
-    const cell = document.createElement("td");
-    cell.textContent = text;
-    cell.className = className;
-    return cell;
-  });
+  ].map(([text, className]) => cell(text, className));
   row.append(name, ...cells);
   return row;
 }
@@ -425,7 +442,7 @@ async function checkReady() {
       showMessage(status, `Model ready · ${body.model_version} on ${body.device}`, "ok");
       return;
     }
-    showMessage(status, `Not ready: ${body && body.error ? body.error.message : response.statusText}`, "error");
+    showMessage(status, `Not ready: ${errorDetail(body) || response.statusText}`, "error");
   } catch {
     showMessage(status, "The server cannot be reached.", "error");
   }

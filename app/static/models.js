@@ -1,5 +1,5 @@
 // The Models view: the store's versions from GET /models, and the admin's changes (activate, roll back, and
-// shadow and canary where the server offers them). Uses app.js's helpers ($, callApi, showMessage, describeError).
+// shadow and canary where the server offers them). Uses app.js's helpers ($, callApi, showMessage, describeError, errorDetail, fact, cell).
 // The admin key lives in this closure only: never in storage, a cookie or the URL, and gone when the page reloads.
 "use strict";
 
@@ -9,10 +9,6 @@ const modelsView = (() => {
   let adminKey = "";
   let busy = false;
   let shown = null; // the last GET /models body, for the stop buttons and the rollback hint
-
-  function detailOf(body) {
-    return body && body.error && body.error.message ? body.error.message : "";
-  }
 
   async function load() {
     const message = $("models-message");
@@ -28,7 +24,7 @@ const modelsView = (() => {
     if (!response.ok || !body) {
       shown = null;
       $("models-store").hidden = true;
-      if (response.status === 409 && detailOf(body).startsWith(NO_STORE)) {
+      if (response.status === 409 && errorDetail(body).startsWith(NO_STORE)) {
         showMessage(message, "This server serves one file, not a model store: there are no versions to list or change.");
         return;
       }
@@ -96,22 +92,6 @@ const modelsView = (() => {
     return `${Number(percent).toLocaleString("en-US", { maximumFractionDigits: 2 })}%`;
   }
 
-  function fact(term, value, detail) {
-    const group = document.createElement("div");
-    const dt = document.createElement("dt");
-    dt.textContent = term;
-    const dd = document.createElement("dd");
-    dd.textContent = value;
-    if (detail) {
-      const small = document.createElement("span");
-      small.className = "fact-detail";
-      small.textContent = detail;
-      dd.append(small);
-    }
-    group.append(dt, dd);
-    return group;
-  }
-
   function versionRow(version, body) {
     const row = document.createElement("tr");
     row.dataset.version = version.version;
@@ -153,15 +133,6 @@ const modelsView = (() => {
     return Number.isNaN(date.getTime()) ? iso : `${date.toISOString().slice(0, 16).replace("T", " ")} UTC`;
   }
 
-  // data-label names the column on a phone, where the header row is hidden and the cells stack.
-  function cell(content, className = "", label = "") {
-    const td = document.createElement("td");
-    td.append(content);
-    td.className = className;
-    if (label) td.dataset.label = label;
-    return td;
-  }
-
   // Every version but the serving one can be chosen; a refused one may be tried again (the server revalidates),
   // so it is listed, last.
   function showChoices(versions) {
@@ -185,7 +156,7 @@ const modelsView = (() => {
   // ---- changes -----------------------------------------------------------------------------------------
 
   function describeChangeError(response, body) {
-    const detail = detailOf(body) || response.statusText;
+    const detail = errorDetail(body) || response.statusText;
     switch (response.status) {
       case 401:
         return `Not changed: the admin key was not accepted (${detail}).`;
