@@ -101,6 +101,12 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
+def metric_sample(client: TestClient, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of the app's metrics registry (0 when the series does not exist yet)."""
+    value = client.app.state.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
+    return 0.0 if value is None else float(value)
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` once ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ from app.batching import Batcher
 from app.config import Settings
 from app.errors import ModelFailed, Overloaded
 from app.predictor import IMAGE_BYTES, PixelBatch
-from tests.conftest import garment, image_bytes, wait_for
+from tests.conftest import garment, image_bytes, metric_sample, wait_for
 
 PNG = image_bytes(garment(), "PNG")
 BIG_PNG = image_bytes(garment((200, 200)), "PNG")
@@ -74,11 +74,6 @@ def queue_behind_first_batch(
     return first, queued
 
 
-def sample(client: TestClient, name: str) -> float:
-    value = client.app.state.metrics.registry.get_sample_value(name)  # type: ignore[attr-defined]
-    return 0.0 if value is None else float(value)
-
-
 def test_concurrent_requests_share_one_forward_pass(client: TestClient, gated: GatedModel) -> None:
     batcher = client.app.state.service.batcher  # type: ignore[attr-defined]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -89,10 +84,10 @@ def test_concurrent_requests_share_one_forward_pass(client: TestClient, gated: G
     assert [r.status_code for r in responses] == [200] * 7
     assert gated.batch_sizes == [1, 6]
     assert {r.json()["inference_ms"] for r in responses[1:]} == {responses[1].json()["inference_ms"]}
-    assert sample(client, "fashion_batch_size_count") == 2
-    assert sample(client, "fashion_batch_size_sum") == 7
-    assert sample(client, "fashion_queue_wait_seconds_count") == 7
-    assert sample(client, "fashion_queue_wait_seconds_sum") > 0
+    assert metric_sample(client, "fashion_batch_size_count") == 2
+    assert metric_sample(client, "fashion_batch_size_sum") == 7
+    assert metric_sample(client, "fashion_queue_wait_seconds_count") == 7
+    assert metric_sample(client, "fashion_queue_wait_seconds_sum") > 0
 
 
 def test_bad_image_in_a_concurrent_batch_fails_only_itself(client: TestClient, gated: GatedModel) -> None:
@@ -143,7 +138,8 @@ def test_batching_off_serves_each_request_on_its_own(
     assert [r.status_code for r in responses] == [200] * 8
     assert sorted(r.json()["filename"] for r in responses) == sorted(f"{i}.png" for i in range(8))
     # Eight forward passes of one image each: nothing was batched together.
-    assert (sample(client, "fashion_batch_size_count"), sample(client, "fashion_batch_size_sum")) == (8, 8)
+    batches = metric_sample(client, "fashion_batch_size_count"), metric_sample(client, "fashion_batch_size_sum")
+    assert batches == (8, 8)
     many = client.post("/predict", files=[("files", (f"{i}.png", PNG, "image/png")) for i in range(3)])
     assert [p["filename"] for p in many.json()["predictions"]] == ["0.png", "1.png", "2.png"]
 

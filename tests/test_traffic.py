@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import shutil
 import threading
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from models.store import (
     with_traffic,
     without_traffic,
 )
-from tests.conftest import BAD_VERSION_NAMES, image_bytes, make_artifact, wait_for
+from tests.conftest import BAD_VERSION_NAMES, image_bytes, make_artifact, metric_sample, wait_for
 from tests.test_lifecycle import ADMIN, PNG, admin, store_settings
 
 ROLES = ["canary", "shadow"]
@@ -100,9 +99,7 @@ def states(client: TestClient) -> dict[str, tuple[str, bool]]:
 
 
 def metric(client: TestClient, name: str, version: str | None = None) -> float:
-    labels = f'{{version="{version}"}}' if version else ""
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", client.get("/metrics").text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return metric_sample(client, name, {"version": version} if version else None)
 
 
 def noise_pngs(count: int) -> list[bytes]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from app.config import Settings
 from models import CLASS_NAMES, Scorer, explain, load_artifact
-from tests.conftest import DEBIAN_DATA
+from tests.conftest import DEBIAN_DATA, metric_sample
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not DEBIAN_DATA.is_dir(), reason="no dataset-fashion-mnist")]
 IMAGES = 256
@@ -171,8 +171,7 @@ def test_drift_gauges_see_a_stream_of_blank_and_inverted_images(
     client = make_client(settings.model_copy(update={"model_path": trained}))
 
     def sample(name: str, labels: dict[str, str] | None = None) -> float:
-        value = client.app.state.metrics.registry.get_sample_value(name, labels or {})  # type: ignore[attr-defined]
-        return 0.0 if value is None else float(value)
+        return metric_sample(client, name, labels)
 
     def intensity_mean() -> float:
         return sample("fashion_input_intensity_sum") / sample("fashion_input_intensity_count")
